@@ -1,0 +1,1 @@
+"""SQLAlchemy models, engine/session helpers, Alembic migrations and queries."""

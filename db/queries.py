@@ -1,0 +1,414 @@
+"""Every read and write the rest of the code does, in one place, for SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Select, and_, delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from db.models import (
+    Job,
+    Recording,
+    RecordingState,
+    Reference,
+    ReferenceKind,
+    Segment,
+    SegmentState,
+    Subject,
+    Window,
+    utcnow,
+)
+from model.reference import ReferenceSeries, reference_hr
+
+
+def pack(values: np.ndarray) -> bytes:
+    return np.asarray(values, dtype="<f4").tobytes()
+
+
+def unpack(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<f4").astype(np.float64)
+
+
+# --- subjects, recordings, references -----------------------------------------------------
+
+
+def get_or_create_subject(session: Session, key: str) -> Subject:
+    subject = session.scalar(select(Subject).where(Subject.key == key))
+    if subject is None:
+        subject = Subject(key=key, meta={})
+        session.add(subject)
+        session.flush()
+    return subject
+
+
+def recording_by_fingerprint(session: Session, fingerprint: str) -> Recording | None:
+    return session.scalar(select(Recording).where(Recording.fingerprint == fingerprint))
+
+
+def store_references(session: Session, recording_id: int, series: list[ReferenceSeries]) -> None:
+    """Replace the reference series of a recording (one row per kind)."""
+    session.execute(delete(Reference).where(Reference.recording_id == recording_id))
+    for s in series:
+        session.add(
+            Reference(
+                recording_id=recording_id,
+                kind=ReferenceKind(s.kind),
+                sample_rate_hz=s.sample_rate_hz,
+                t0_s=s.t0_s,
+                times_s=pack(s.times_s) if s.times_s is not None else None,
+                values=pack(s.values),
+                n=len(s.values),
+                source=s.source,
+            )
+        )
+    session.flush()
+
+
+def load_references(session: Session, recording_id: int) -> dict[str, ReferenceSeries]:
+    rows = session.scalars(select(Reference).where(Reference.recording_id == recording_id))
+    return {
+        r.kind.value: ReferenceSeries(
+            kind=r.kind.value,
+            values=unpack(r.values),
+            source=r.source,
+            sample_rate_hz=r.sample_rate_hz,
+            t0_s=r.t0_s,
+            times_s=unpack(r.times_s) if r.times_s is not None else None,
+        )
+        for r in rows
+    }
+
+
+def has_references(session: Session, recording_id: int) -> bool:
+    q = select(func.count()).select_from(Reference).where(Reference.recording_id == recording_id)
+    return bool(session.scalar(q))
+
+
+def refill_reference_hr(session: Session, recording_id: int) -> int:
+    """Recompute windows.ref_hr_bpm of a recording after its references changed."""
+    refs = load_references(session, recording_id)
+    windows = session.scalars(select(Window).where(Window.recording_id == recording_id)).all()
+    for w in windows:
+        w.ref_hr_bpm = reference_hr(refs, w.t_start, w.t_end)
+    session.flush()
+    return len(windows)
+
+
+# --- segments: claim, lease, finish ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClaimedSegment:
+    """Everything a worker needs to run a segment, read in the claiming transaction."""
+
+    segment_id: int
+    recording_id: int
+    config_key: str
+    t_start: float
+    t_end: float
+    path: str
+    fps: float
+    n_frames: int
+    options: dict[str, Any]
+    references: dict[str, ReferenceSeries]
+
+
+def claim_segment(
+    session: Session, segment_id: int, worker: str, lease_s: float
+) -> ClaimedSegment | None:
+    """Take a queued segment (or one whose lease ran out); None if it is not available.
+
+    The conditional UPDATE is the lock: of two workers handed the same id, one gets rowcount 1.
+    """
+    now = utcnow()
+    res = session.execute(
+        update(Segment)
+        .where(
+            Segment.id == segment_id,
+            or_(
+                Segment.state == SegmentState.queued,
+                and_(Segment.state == SegmentState.running, Segment.lease_until < now),
+            ),
+        )
+        .values(
+            state=SegmentState.running,
+            worker=worker,
+            lease_until=now + timedelta(seconds=lease_s),
+            attempts=Segment.attempts + 1,
+            started_at=now,
+            error=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if res.rowcount != 1:
+        return None
+    seg, rec, job = session.execute(
+        select(Segment, Recording, Job)
+        .join(Recording, Recording.id == Segment.recording_id)
+        .join(Job, Job.id == Segment.job_id)
+        .where(Segment.id == segment_id)
+    ).one()
+    if rec.status in (RecordingState.new, RecordingState.queued):
+        rec.status = RecordingState.running
+    return ClaimedSegment(
+        segment_id=seg.id,
+        recording_id=rec.id,
+        config_key=seg.config_key,
+        t_start=seg.t_start,
+        t_end=seg.t_end,
+        path=rec.path,
+        fps=rec.fps or 0.0,
+        n_frames=rec.n_frames or 0,
+        options=job.options,
+        references=load_references(session, rec.id),
+    )
+
+
+def renew_lease(session: Session, segment_id: int, worker: str, lease_s: float) -> bool:
+    res = session.execute(
+        update(Segment)
+        .where(Segment.id == segment_id, Segment.worker == worker)
+        .values(lease_until=utcnow() + timedelta(seconds=lease_s))
+        .execution_options(synchronize_session=False)
+    )
+    return res.rowcount == 1
+
+
+def finish_segment(
+    session: Session,
+    segment_id: int,
+    worker: str,
+    state: SegmentState,
+    *,
+    n_windows: int | None = None,
+    video_s: float | None = None,
+    error: str | None = None,
+) -> Segment:
+    seg = session.get_one(Segment, segment_id)
+    seg.state = state
+    seg.worker = worker
+    seg.lease_until = None
+    seg.finished_at = utcnow()
+    seg.n_windows = n_windows
+    seg.video_s = video_s
+    seg.error = error
+    session.flush()
+    return seg
+
+
+def upsert_windows(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Insert windows; a window already there (same recording, estimator, model, start) is
+    overwritten, so a segment that runs twice leaves one row per window."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
+    stmt = insert(Window)
+    keys = ["recording_id", "estimator", "model_key", "t_start"]
+    updated = [k for k in rows[0] if k not in keys]
+    stmt = stmt.on_conflict_do_update(
+        index_elements=keys, set_={k: getattr(stmt.excluded, k) for k in updated}
+    )
+    # Batches keep each statement below the engines' bound-parameter limits.
+    for i in range(0, len(rows), 500):
+        session.execute(stmt, rows[i : i + 500])
+
+
+def add_recording_note(session: Session, recording_id: int, note: str) -> None:
+    rec = session.get_one(Recording, recording_id)
+    if rec.note != note:
+        rec.note = note if not rec.note else f"{rec.note}; {note}"
+
+
+def refresh_recording_status(session: Session, recording_id: int, config_key: str) -> None:
+    """Recording is done when all its segments of this configuration are, failed when one
+    failed (with that segment's reason), running otherwise."""
+    states = session.execute(
+        select(Segment.state, Segment.error, Segment.t_start)
+        .where(Segment.recording_id == recording_id, Segment.config_key == config_key)
+        .order_by(Segment.t_start)
+    ).all()
+    rec = session.get_one(Recording, recording_id)
+    failed = [(t, err) for st, err, t in states if st == SegmentState.failed]
+    if failed:
+        rec.status = RecordingState.failed
+        t, err = failed[0]
+        rec.error = err if len(states) == 1 else f"segment at {t:.0f} s: {err}"
+    elif states and all(st == SegmentState.done for st, _, _ in states):
+        faces = dict(
+            session.execute(
+                select(Window.face_found, func.count())
+                .where(Window.recording_id == recording_id, Window.face_found.is_not(None))
+                .group_by(Window.face_found)
+            ).all()
+        )
+        if faces.get(False) and not faces.get(True):
+            rec.status = RecordingState.failed
+            rec.error = (
+                f"no face found in any of its {faces[False]} windows (also tried brightened and "
+                "rotated frames); if the skin region is known, use --roi full or --roi X,Y,W,H"
+            )
+            return
+        rec.status = RecordingState.done
+        rec.error = None
+    else:
+        rec.status = RecordingState.running
+
+
+# --- planning ------------------------------------------------------------------------------
+
+
+def segments_of(session: Session, recording_id: int, config_key: str) -> list[Segment]:
+    return list(
+        session.scalars(
+            select(Segment)
+            .where(Segment.recording_id == recording_id, Segment.config_key == config_key)
+            .order_by(Segment.t_start)
+        )
+    )
+
+
+def job_segment_ids(session: Session, job_id: int) -> list[int]:
+    return list(session.scalars(select(Segment.id).where(Segment.job_id == job_id)))
+
+
+# --- status --------------------------------------------------------------------------------
+
+
+def state_counts(session: Session, column: Any, job_id: int | None = None) -> dict[str, int]:
+    q: Select = select(column, func.count()).group_by(column)
+    if job_id is not None and column.class_ is Segment:
+        q = q.where(Segment.job_id == job_id)
+    counts = {state: 0 for state in ("queued", "running", "done", "failed")}
+    for state, n in session.execute(q):
+        counts[state.value] = n
+    return counts
+
+
+def failures(session: Session, limit: int = 50) -> list[dict[str, str]]:
+    rows = session.execute(
+        select(Recording.path, Recording.error)
+        .where(Recording.status == RecordingState.failed)
+        .order_by(Recording.path)
+        .limit(limit)
+    )
+    return [{"recording": p, "error": e or ""} for p, e in rows]
+
+
+def window_count(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(Window)) or 0
+
+
+def processing_speed(session: Session) -> dict[str, float | None]:
+    """Video seconds per wall second over finished segments, overall and for the last job."""
+    job_id = session.scalar(select(func.max(Job.id)))
+    out: dict[str, float | None] = {"video_s": 0.0, "wall_s": None, "video_s_per_s": None}
+    if job_id is None:
+        return out
+    video_s, t0, t1 = session.execute(
+        select(
+            func.sum(Segment.video_s), func.min(Segment.started_at), func.max(Segment.finished_at)
+        ).where(Segment.job_id == job_id, Segment.state == SegmentState.done)
+    ).one()
+    out["video_s"] = float(video_s or 0.0)
+    if t0 is not None and t1 is not None:
+        wall = (_naive(t1) - _naive(t0)).total_seconds()
+        out["wall_s"] = wall
+        out["video_s_per_s"] = out["video_s"] / wall if wall > 0 else None
+    return out
+
+
+def _naive(t: datetime) -> datetime:
+    # SQLite returns naive datetimes (stored as UTC), PostgreSQL aware ones: compare alike.
+    return t.replace(tzinfo=None) if t.tzinfo is None else t.astimezone().replace(tzinfo=None)
+
+
+# --- results -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WindowRow:
+    subject: str
+    recording: str
+    recording_id: int
+    estimator: str
+    model_key: str
+    t_start: float
+    t_end: float
+    hr_bpm: float | None
+    quality: float | None
+    face_found: bool | None
+    ref_hr_bpm: float | None
+
+
+def window_rows(
+    session: Session,
+    subject: str | None = None,
+    recording: str | None = None,
+    estimator: str | None = None,
+) -> list[WindowRow]:
+    """Windows joined with their recording and subject; `recording` matches the path's end
+    (so a file name or a relative path both work)."""
+    q = (
+        select(
+            Subject.key,
+            Recording.path,
+            Recording.id,
+            Window.estimator,
+            Window.model_key,
+            Window.t_start,
+            Window.t_end,
+            Window.hr_bpm,
+            Window.quality,
+            Window.face_found,
+            Window.ref_hr_bpm,
+        )
+        .join(Recording, Recording.id == Window.recording_id)
+        .join(Subject, Subject.id == Recording.subject_id)
+        .order_by(Subject.key, Recording.path, Window.estimator, Window.t_start)
+    )
+    if subject is not None:
+        q = q.where(Subject.key == subject)
+    if recording is not None:
+        q = q.where(or_(Recording.path == recording, Recording.path.like(f"%/{recording}")))
+    if estimator is not None:
+        q = q.where(Window.estimator == estimator)
+    return [WindowRow(*row) for row in session.execute(q)]
+
+
+def recordings_with_reference(session: Session) -> list[tuple[int, str, str]]:
+    """(recording_id, path, subject) of every recording that has an HR or PPG reference."""
+    q = (
+        select(Recording.id, Recording.path, Subject.key)
+        .join(Subject, Subject.id == Recording.subject_id)
+        .where(
+            Recording.id.in_(
+                select(Reference.recording_id).where(
+                    Reference.kind.in_([ReferenceKind.hr, ReferenceKind.ppg])
+                )
+            )
+        )
+        .order_by(Recording.path)
+    )
+    return [tuple(r) for r in session.execute(q)]
+
+
+def recording_reference_mean(session: Session, recording_id: int) -> float | None:
+    """Mean reference HR over the whole recording (HR series or table mean)."""
+    refs = load_references(session, recording_id)
+    hr = refs.get("hr")
+    if hr is None:
+        return None
+    if hr.is_mean:
+        return float(hr.values[0])
+    t = hr.times()
+    return hr.window_mean(float(t[0]), float(t[-1]) + 1e-9)
+
+
+def estimators_present(session: Session) -> list[str]:
+    return list(session.scalars(select(Window.estimator).distinct().order_by(Window.estimator)))

@@ -1,0 +1,1 @@
+"""Inference-side estimators: classical rPPG, spectral HR, quality, metrics. Pure numpy/scipy."""

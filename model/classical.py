@@ -1,0 +1,172 @@
+"""Classical rPPG estimators (POS, CHROM, GREEN) behind one interface: RGB trace -> Estimate."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from model.bands import Band
+from model.spectrum import bandpass, spectral_hr
+
+# Above this fraction of frames without a valid ROI, interpolating the gaps would invent the
+# signal rather than bridge it, so the window is declared not estimable.
+MAX_NAN_FRACTION = 0.2
+# Length of the short windows in which POS and CHROM fit their projection (Wang et al. 2017 use
+# 1.6 s: long enough to span one beat at 40 bpm, short enough to track illumination changes).
+SHORT_WINDOW_S = 1.6
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Heart rate of one analysis window.
+
+    hr_bpm: float, beats per minute; nan when the window is not estimable.
+    quality: float, dB; SNR of the pulse spectrum (model.spectrum.snr_db), nan when hr_bpm is.
+    """
+
+    hr_bpm: float
+    quality: float
+
+
+NOT_ESTIMABLE = Estimate(float("nan"), float("nan"))
+
+
+@dataclass(frozen=True)
+class RGBEstimator(ABC):
+    """Heart rate from the mean skin colour of one analysis window.
+
+    band: heart-rate search band; defaults to the neonatal band, the population this tool is for.
+    """
+
+    name: ClassVar[str]
+    band: Band = field(default_factory=Band.for_population)
+
+    def estimate(self, rgb: np.ndarray, fps: float) -> Estimate:
+        """Heart rate of one window.
+
+        rgb: float array (T, 3), per-frame mean skin colour, RGB order, 0-255; rows are nan for
+            frames without a valid ROI.
+        fps: sampling rate of the rows, Hz.
+        Returns an Estimate; NOT_ESTIMABLE if more than MAX_NAN_FRACTION of the rows are nan.
+        """
+        rgb = _check_rgb(rgb)
+        if np.isnan(rgb).any(axis=1).mean() > MAX_NAN_FRACTION:
+            return NOT_ESTIMABLE
+        peak = spectral_hr(self.pulse(rgb, fps), fps, self.band)
+        return Estimate(peak.hr_bpm, peak.snr_db)
+
+    def pulse(self, rgb: np.ndarray, fps: float) -> np.ndarray:
+        """Band-passed pulse signal of one window.
+
+        rgb: float array (T, 3) as for `estimate`; nan rows are linearly interpolated over.
+        Returns float array (T,), dimensionless (relative colour change), zero mean.
+        """
+        rgb = _fill_gaps(_check_rgb(rgb))
+        return bandpass(self._raw_pulse(rgb, fps), fps, self.band)
+
+    @abstractmethod
+    def _raw_pulse(self, rgb: np.ndarray, fps: float) -> np.ndarray:
+        """Pulse signal (T,) before the final band-pass, from a gap-free rgb (T, 3)."""
+
+
+@dataclass(frozen=True)
+class GREEN(RGBEstimator):
+    """Green channel relative to its mean (Verkruysse et al. 2008): the baseline method."""
+
+    name: ClassVar[str] = "green"
+
+    def _raw_pulse(self, rgb: np.ndarray, fps: float) -> np.ndarray:
+        g = rgb[:, 1]
+        # Blood absorbs green light, so reflectance falls as blood volume rises; negate so the
+        # pulse rises with it.
+        return -(g / g.mean() - 1.0)
+
+
+@dataclass(frozen=True)
+class POS(RGBEstimator):
+    """Plane-Orthogonal-to-Skin (Wang et al. 2017), overlap-added over SHORT_WINDOW_S windows."""
+
+    name: ClassVar[str] = "pos"
+
+    def _raw_pulse(self, rgb: np.ndarray, fps: float) -> np.ndarray:
+        n = len(rgb)
+        w = min(n, max(2, round(SHORT_WINDOW_S * fps)))
+        h = np.zeros(n)
+        for start in range(n - w + 1):
+            c = rgb[start : start + w]
+            # Temporal normalisation removes the skin tone and the illumination level.
+            cn = c / c.mean(axis=0)
+            s1 = cn[:, 1] - cn[:, 2]
+            s2 = -2.0 * cn[:, 0] + cn[:, 1] + cn[:, 2]
+            # Alpha-tuning: the ratio of standard deviations cancels the specular/intensity
+            # distortion that both projections share.
+            p = s1 + _std_ratio(s1, s2) * s2
+            h[start : start + w] += p - p.mean()
+        return h
+
+
+@dataclass(frozen=True)
+class CHROM(RGBEstimator):
+    """Chrominance method (de Haan & Jeanne 2013) with 50 % overlapping Hann-windowed segments."""
+
+    name: ClassVar[str] = "chrom"
+
+    def _raw_pulse(self, rgb: np.ndarray, fps: float) -> np.ndarray:
+        rn, gn, bn = (rgb / rgb.mean(axis=0)).T
+        # Chrominance signals orthogonal to the standardized skin tone.
+        xs = bandpass(3.0 * rn - 2.0 * gn, fps, self.band)
+        ys = bandpass(1.5 * rn + gn - 1.5 * bn, fps, self.band)
+        n = len(rgb)
+        w = min(n, max(2, round(SHORT_WINDOW_S * fps)))
+        w += w % 2  # an even length makes the 50 % overlapped Hann windows sum to a constant
+        if w > n:
+            return xs - _std_ratio(xs, ys) * ys
+        hop = w // 2
+        taper = np.hanning(w + 1)[:w]  # periodic Hann
+        s = np.zeros(n)
+        starts = list(range(0, n - w + 1, hop))
+        if starts[-1] != n - w:
+            starts.append(n - w)  # cover the tail; the final band-pass absorbs the extra gain
+        for start in starts:
+            x, y = xs[start : start + w], ys[start : start + w]
+            s[start : start + w] += taper * (x - _std_ratio(x, y) * y)
+        return s
+
+
+ESTIMATORS: dict[str, type[RGBEstimator]] = {cls.name: cls for cls in (POS, CHROM, GREEN)}
+
+
+def make_estimator(name: str, band: Band) -> RGBEstimator:
+    """The estimator registered under `name` (case-insensitive), searching `band`."""
+    try:
+        cls = ESTIMATORS[name.strip().lower()]
+    except KeyError:
+        valid = ", ".join(sorted(ESTIMATORS))
+        raise ValueError(f"unknown estimator {name!r}; valid: {valid}") from None
+    return cls(band=band)
+
+
+def _check_rgb(rgb: np.ndarray) -> np.ndarray:
+    rgb = np.asarray(rgb, dtype=float)
+    if rgb.ndim != 2 or rgb.shape[1] != 3:
+        raise ValueError(f"rgb must have shape (T, 3), got {rgb.shape}")
+    return rgb
+
+
+def _fill_gaps(rgb: np.ndarray) -> np.ndarray:
+    """Linearly interpolate nan rows of rgb (T, 3); leading/trailing gaps take the nearest row."""
+    bad = np.isnan(rgb).any(axis=1)
+    if not bad.any():
+        return rgb
+    if bad.all():
+        raise ValueError("rgb has no valid rows")
+    t = np.arange(len(rgb))
+    return np.column_stack([np.interp(t, t[~bad], rgb[~bad, c]) for c in range(3)])
+
+
+def _std_ratio(a: np.ndarray, b: np.ndarray) -> float:
+    sb = b.std()
+    return float(a.std() / sb) if sb > 0 else 0.0

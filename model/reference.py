@@ -1,0 +1,94 @@
+"""Reference vital-sign series (from a pulse oximeter) and their value over a window."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.bands import Band
+from model.spectrum import spectral_hr
+
+# Pulse oximeters write 0 or out-of-range values while the probe is off or searching.
+PLAUSIBLE_HR = (20.0, 320.0)
+
+
+@dataclass(frozen=True)
+class ReferenceSeries:
+    """One reference signal of a recording.
+
+    kind: "hr" (bpm), "ppg" (arbitrary units) or "spo2" (%).
+    values: float array (N,). Time axis: `times_s` (N,) seconds from the video's start, or
+    regular sampling at `sample_rate_hz` from `t0_s`; with neither, a single recording-level
+    mean (N == 1).
+    """
+
+    kind: str
+    values: np.ndarray
+    source: str
+    sample_rate_hz: float | None = None
+    t0_s: float = 0.0
+    times_s: np.ndarray | None = None
+
+    @property
+    def is_mean(self) -> bool:
+        return self.times_s is None and self.sample_rate_hz is None
+
+    def times(self) -> np.ndarray:
+        if self.times_s is not None:
+            return self.times_s
+        if self.sample_rate_hz is None:
+            raise ValueError("a recording-level mean has no time axis")
+        return self.t0_s + np.arange(len(self.values)) / self.sample_rate_hz
+
+    def span(self, t0: float, t1: float) -> tuple[np.ndarray, np.ndarray]:
+        """(times, values) of the samples with t0 <= t < t1."""
+        t = self.times()
+        sel = (t >= t0) & (t < t1)
+        return t[sel], self.values[sel]
+
+    def window_mean(self, t0: float, t1: float) -> float | None:
+        """Mean plausible value over [t0, t1), the recording mean, or None when not covered."""
+        if self.is_mean:
+            return float(self.values[0])
+        _, v = self.span(t0, t1)
+        if self.kind == "hr":
+            v = v[(v >= PLAUSIBLE_HR[0]) & (v <= PLAUSIBLE_HR[1])]
+        v = v[np.isfinite(v)]
+        # Demand half the window to be covered so that edge windows are not judged on a sliver.
+        rate = self.sample_rate_hz or _median_rate(self.times())
+        if rate and len(v) < 0.5 * (t1 - t0) * rate:
+            return None
+        return float(np.mean(v)) if len(v) else None
+
+
+def _median_rate(t: np.ndarray) -> float | None:
+    if len(t) < 2:
+        return None
+    dt = np.median(np.diff(t))
+    return float(1.0 / dt) if dt > 0 else None
+
+
+# Wide on purpose: the reference must not be forced into the band the estimators search.
+REFERENCE_BAND = Band(30.0, 300.0)
+
+
+def reference_hr(series: dict[str, ReferenceSeries], t0: float, t1: float) -> float | None:
+    """Reference HR (bpm) for [t0, t1): the HR series, else the PPG's spectral peak, else None."""
+    hr = series.get("hr")
+    if hr is not None:
+        value = hr.window_mean(t0, t1)
+        if value is not None:
+            return value
+    ppg = series.get("ppg")
+    if ppg is not None and not ppg.is_mean:
+        t, v = ppg.span(t0, t1)
+        rate = ppg.sample_rate_hz or _median_rate(t)
+        if rate and len(v) >= 0.9 * (t1 - t0) * rate:
+            if ppg.times_s is not None:
+                grid = np.arange(t[0], t[-1], 1.0 / rate)
+                v = np.interp(grid, t, v)
+            peak = spectral_hr(v - np.mean(v), rate, REFERENCE_BAND)
+            if np.isfinite(peak.hr_bpm):
+                return float(peak.hr_bpm)
+    return None

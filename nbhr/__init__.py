@@ -1,0 +1,1 @@
+"""Command-line front door of nbhr."""

@@ -1,0 +1,528 @@
+"""The `nbhr` command line: demo data, runs, status, results, evaluation, schema, benchmark."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+
+from db.engine import DatabaseError, check_connection, default_url, make_engine, session_scope
+from db.migrate import upgrade
+
+DB_OPTION = click.option(
+    "--db",
+    "db_url",
+    envvar="NBHR_DB_URL",
+    default=default_url,
+    show_default="sqlite:///nbhr.sqlite or $NBHR_DB_URL",
+    help="Database URL, e.g. sqlite:///nbhr.sqlite or postgresql+psycopg://user@host/db.",
+)
+
+
+def friendly_errors(fn: Callable) -> Callable:
+    """Turn expected failures (database down, bad files) into a one-line error, exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DatabaseError as exc:
+            raise click.ClickException(str(exc)) from None
+        except OperationalError as exc:
+            cause = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise click.ClickException(f"database error: {cause}") from None
+
+    return wrapper
+
+
+def open_db(db_url: str, migrate: bool = True) -> Engine:
+    engine = make_engine(db_url)
+    check_connection(engine)
+    if migrate:
+        upgrade(engine)
+    return engine
+
+
+def emit_rows(rows: list[dict[str, Any]], fmt: str) -> None:
+    """Print rows as an aligned table, CSV or a JSON array."""
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=1))
+        return
+    if not rows:
+        if fmt == "table":
+            click.echo("no rows")
+        return
+    cols = list(rows[0])
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        click.echo(buf.getvalue(), nl=False)
+        return
+    text = [[_fmt(r[c]) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(t[i]) for t in text)) for i, c in enumerate(cols)]
+    click.echo("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
+    for t in text:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(t, widths, strict=True)))
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.2f}"
+    if isinstance(v, str) and "/" in v and len(v) > 40:
+        return "…" + v[-39:]
+    return str(v)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="nbhr")
+def main() -> None:
+    """Heart rate from archived facial video, stored in SQL, checked against reference vitals."""
+
+
+# --- demo ----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--subjects", default=3, show_default=True, type=click.IntRange(1, 500))
+@click.option(
+    "--recordings",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1, 50),
+    help="Recordings per subject.",
+)
+@click.option(
+    "--seconds",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(12, 3600),
+    help="Length of each recording.",
+)
+@click.option("--seed", default=0, show_default=True, type=int)
+def demo(directory: Path, subjects: int, recordings: int, seconds: float, seed: int) -> None:
+    """Write a SYNTHETIC NICU-like archive (NBHR layout) to DIRECTORY."""
+    from nbhr.demo import write_demo_archive
+
+    summary = write_demo_archive(
+        directory,
+        subjects=subjects,
+        seconds=seconds,
+        seed=seed,
+        recordings_per_subject=recordings,
+    )
+    click.echo(
+        f"wrote {len(summary.recordings)} recordings of {len(summary.subjects)} subjects "
+        f"(+1 without a face) to {directory} (synthetic: a real photograph, a simulated pulse)"
+    )
+
+
+# --- run -----------------------------------------------------------------------------------
+
+
+def _options_from_cli(
+    estimators: tuple[str, ...],
+    roi: str,
+    population: str,
+    hr_range: str | None,
+    window_s: float,
+    hop_s: float,
+    segment_s: float,
+):
+    from model.bands import Band
+    from model.classical import ESTIMATORS
+    from worker.faces import Box
+    from worker.options import CLASSICAL, ProcessingOptions
+
+    try:
+        band = Band.parse(hr_range) if hr_range else Band.for_population(population)
+        if roi not in ("face", "full"):
+            Box.parse(roi)
+        unknown = [e for e in estimators if e not in ESTIMATORS]
+        if unknown:
+            raise ValueError(
+                f"unknown estimator {unknown[0]!r}; available: {', '.join(sorted(ESTIMATORS))}"
+            )
+        opts = ProcessingOptions(
+            estimators=tuple(dict.fromkeys(estimators)) or CLASSICAL,
+            roi=roi,
+            population=population,
+            hr_lo_bpm=band.lo_bpm,
+            hr_hi_bpm=band.hi_bpm,
+            window_s=window_s,
+            hop_s=hop_s,
+            segment_s=segment_s,
+        )
+        opts.validate()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    return opts
+
+
+@main.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@DB_OPTION
+@click.option(
+    "--workers",
+    "-j",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    envvar="NBHR_WORKERS",
+    help="Local worker processes.",
+)
+@click.option(
+    "--estimator",
+    "estimators",
+    multiple=True,
+    help="pos, chrom or green; repeat for several (default: all three).",
+)
+@click.option(
+    "--roi",
+    default="face",
+    show_default=True,
+    help="face (tracked), full (whole frame) or X,Y,W,H (fixed box, pixels).",
+)
+@click.option(
+    "--population",
+    type=click.Choice(["neonate", "adult"]),
+    default="neonate",
+    show_default=True,
+    help="Chooses the HR search band: 80-240 or 40-180 bpm.",
+)
+@click.option("--hr-range", help="HR search band LO-HI in bpm; overrides --population.")
+@click.option(
+    "--manifest",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV recording,subject (default: DIRECTORY/manifest.csv if present).",
+)
+@click.option(
+    "--reference-table",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV recording,hr_bpm with one mean reference HR per recording.",
+)
+@click.option(
+    "--ppg-rate",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(1, 10000),
+    help="Sample rate (Hz) of NBHR-layout PPG/<id>.csv reference files.",
+)
+@click.option(
+    "--window-s",
+    default=10.0,
+    show_default=True,
+    type=float,
+    help="Analysis window length, seconds.",
+)
+@click.option("--hop-s", default=2.0, show_default=True, type=float, help="Window step, seconds.")
+@click.option(
+    "--segment-s",
+    default=60.0,
+    show_default=True,
+    type=float,
+    help="Video seconds per unit of work.",
+)
+@click.option("--retry-failed", is_flag=True, help="Run failed segments again.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary, no progress bar.")
+@friendly_errors
+def run(
+    directory: Path,
+    db_url: str,
+    workers: int,
+    estimators: tuple[str, ...],
+    roi: str,
+    population: str,
+    hr_range: str | None,
+    manifest: Path | None,
+    reference_table: Path | None,
+    ppg_rate: float,
+    window_s: float,
+    hop_s: float,
+    segment_s: float,
+    retry_failed: bool,
+    as_json: bool,
+) -> None:
+    """Find every video under DIRECTORY, estimate HR per window, store it in the database."""
+    from nbhr import analysis
+    from scheduler.discover import ManifestError, load_manifest, register_archive
+    from scheduler.local import run_segments
+    from scheduler.plan import plan_job
+    from scheduler.references import ReferenceFileError, load_reference_table
+
+    opts = _options_from_cli(estimators, roi, population, hr_range, window_s, hop_s, segment_s)
+    try:
+        manifest = manifest or (directory / "manifest.csv")
+        mapping = load_manifest(manifest) if manifest.is_file() else None
+        table = load_reference_table(reference_table) if reference_table else None
+    except (ManifestError, ReferenceFileError) as exc:
+        raise click.UsageError(str(exc)) from None
+    engine = open_db(db_url)
+    with session_scope(engine) as s:
+        reg = register_archive(s, directory, mapping, table, ppg_rate)
+        plan = plan_job(s, str(directory.resolve()), reg.all_ids, opts, "local", retry_failed)
+    say = (lambda *a, **k: None) if as_json else click.echo
+    say(
+        f"{len(reg.all_ids)} videos: {len(reg.new)} new, {len(reg.known)} known, "
+        f"{len(reg.failed)} unusable"
+    )
+    for skipped, same in reg.duplicates:
+        say(f"skipped {skipped}: same content as {same}")
+    outcomes = []
+    if plan.job_id is None:
+        say("nothing to do: every recording is already processed with these options")
+    else:
+        say(
+            f"job {plan.job_id}: {len(plan.segment_ids)} segments of {plan.recordings} recordings "
+            f"({plan.video_s / 60:.1f} min of video) on {workers} process(es)"
+        )
+        stream = run_segments(db_url, plan.segment_ids, workers)
+        show = not as_json and sys.stderr.isatty()
+        with (
+            click.progressbar(
+                stream,
+                length=len(plan.segment_ids),
+                label="segments",
+                file=sys.stderr,
+                show_pos=True,
+                show_eta=True,
+            )
+            if show
+            else _plain(stream) as bar
+        ):
+            for outcome in bar:
+                outcomes.append(outcome)
+        _finish_job(engine, plan.job_id)
+    with session_scope(engine) as s:
+        from db import queries
+
+        fails = queries.failures(s)
+        subjects = analysis.results(s, level="subject")
+    summary = {
+        "job_id": plan.job_id,
+        "videos": len(reg.all_ids),
+        "new": len(reg.new),
+        "segments_run": len(outcomes),
+        "segments_failed": sum(o.state == "failed" for o in outcomes),
+        "windows_written": sum(o.n_windows for o in outcomes),
+        "failures": fails,
+        "reference_problems": sorted(set(reg.reference_problems.values())),
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=1))
+        return
+    for f in fails:
+        click.echo(f"failed: {f['recording']}: {f['error']}")
+    for problem in summary["reference_problems"]:
+        click.echo(f"reference: {problem}")
+    if subjects:
+        click.echo("\nper-subject HR (bpm):")
+        emit_rows(
+            [
+                {
+                    k: r[k]
+                    for k in (
+                        "subject",
+                        "estimator",
+                        "n_recordings",
+                        "hr_bpm",
+                        "hr_min_bpm",
+                        "hr_max_bpm",
+                        "coverage",
+                        "ref_hr_bpm",
+                    )
+                }
+                for r in subjects
+            ],
+            "table",
+        )
+
+
+class _plain:
+    """Stand-in for a progress bar when output is not a terminal."""
+
+    def __init__(self, it: Any) -> None:
+        self.it = it
+
+    def __enter__(self) -> Any:
+        return self.it
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _finish_job(engine: Engine, job_id: int) -> None:
+    from db.models import Job, utcnow
+
+    with session_scope(engine) as s:
+        s.get_one(Job, job_id).finished_at = utcnow()
+
+
+# --- status / results / evaluate ----------------------------------------------------------
+
+
+@main.command()
+@DB_OPTION
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def status(db_url: str, as_json: bool) -> None:
+    """Recordings and segments by state, failures, windows written, processing speed."""
+    from db import queries
+    from db.models import Recording, Segment
+
+    engine = open_db(db_url)
+    with session_scope(engine) as s:
+        speed = queries.processing_speed(s)
+        data = {
+            "recordings": queries.state_counts(s, Recording.status),
+            "segments": queries.state_counts(s, Segment.state),
+            "windows": queries.window_count(s),
+            "failures": queries.failures(s),
+            "video_s_per_s": speed["video_s_per_s"],
+            "last_job_video_s": speed["video_s"],
+            "workers": [],
+        }
+    if as_json:
+        click.echo(json.dumps(data, indent=1))
+        return
+    rec, seg = data["recordings"], data["segments"]
+    click.echo("recordings: " + ", ".join(f"{k} {v}" for k, v in rec.items()))
+    click.echo("segments:   " + ", ".join(f"{k} {v}" for k, v in seg.items()))
+    click.echo(f"windows:    {data['windows']}")
+    if data["video_s_per_s"]:
+        click.echo(
+            f"speed:      {data['video_s_per_s']:.1f} video s per wall s (last job, "
+            f"{data['last_job_video_s']:.0f} s of video)"
+        )
+    for f in data["failures"]:
+        click.echo(f"failed:     {f['recording']}: {f['error']}")
+
+
+@main.command()
+@DB_OPTION
+@click.option("--subject")
+@click.option("--recording", help="Path or file name of a recording.")
+@click.option("--estimator")
+@click.option(
+    "--level",
+    type=click.Choice(["window", "recording", "subject"]),
+    default="window",
+    show_default=True,
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+)
+@friendly_errors
+def results(
+    db_url: str,
+    subject: str | None,
+    recording: str | None,
+    estimator: str | None,
+    level: str,
+    fmt: str,
+) -> None:
+    """HR estimates per window, recording or subject, with the reference where known."""
+    from nbhr import analysis
+
+    engine = open_db(db_url)
+    with session_scope(engine) as s:
+        rows = analysis.results(s, level, subject, recording, estimator)
+    emit_rows(rows, fmt)
+
+
+METRIC_LABELS = (
+    ("n", "n"),
+    ("coverage", "coverage"),
+    ("mae", "MAE"),
+    ("rmse", "RMSE"),
+    ("mape", "MAPE%"),
+    ("pearson_r", "r"),
+    ("ba_bias", "bias"),
+    ("ba_loa_low", "LoA-"),
+    ("ba_loa_high", "LoA+"),
+    ("within_5bpm", "<=5bpm"),
+    ("within_10pct", "<=10%"),
+)
+
+
+@main.command()
+@DB_OPTION
+@click.option(
+    "--estimator",
+    "estimators",
+    multiple=True,
+    help="Estimator to evaluate; repeat for several (default: every one present).",
+)
+@click.option(
+    "--level",
+    type=click.Choice(["window", "recording", "subject"]),
+    default="recording",
+    show_default=True,
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object for one estimator, a JSON array for several.",
+)
+@friendly_errors
+def evaluate(db_url: str, estimators: tuple[str, ...], level: str, as_json: bool) -> None:
+    """Agreement with the reference vitals: MAE, RMSE, MAPE, r, Bland-Altman, hit rates."""
+    from db import queries
+    from nbhr import analysis
+
+    engine = open_db(db_url)
+    with session_scope(engine) as s:
+        names = list(estimators) or queries.estimators_present(s)
+        evals = [analysis.evaluate(s, e, level) for e in names]
+    if as_json:
+        click.echo(json.dumps(evals[0] if len(evals) == 1 else evals, indent=1))
+        return
+    if not evals:
+        click.echo("no windows in the database yet: run `nbhr run DIR` first")
+        return
+    click.echo(f"agreement with reference HR, {level} level (HR in bpm, shares 0-1):")
+    emit_rows(
+        [
+            {"estimator": e["estimator"]} | {lab: e["overall"][k] for k, lab in METRIC_LABELS}
+            for e in evals
+        ],
+        "table",
+    )
+
+
+# --- db ------------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Database schema management."""
+
+
+@db.command("upgrade")
+@DB_OPTION
+@friendly_errors
+def db_upgrade(db_url: str) -> None:
+    """Apply Alembic migrations up to the newest schema."""
+    from db.engine import mask_url
+
+    engine = open_db(db_url, migrate=False)
+    head = upgrade(engine)
+    click.echo(f"{mask_url(db_url)} is at schema revision {head}")

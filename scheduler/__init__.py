@@ -1,0 +1,1 @@
+"""Archive discovery, subjects, reference pairing, planning and execution of segments."""

@@ -1,0 +1,55 @@
+"""The embedded executor: run segments on a pool of local processes (no broker needed).
+
+Each process builds its own database engine and face detector on first use and calls the
+same `process_segment` that the Celery task calls.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+
+from db.engine import engine_for
+from worker.process import SegmentOutcome, init_process, process_segment
+
+_DB_URL: str | None = None
+
+
+def _init(db_url: str) -> None:
+    global _DB_URL
+    _DB_URL = db_url
+    init_process()
+
+
+def _run(segment_id: int) -> SegmentOutcome:
+    assert _DB_URL is not None, "pool process not initialised"
+    return process_segment(engine_for(_DB_URL), segment_id)
+
+
+def run_segments(
+    db_url: str,
+    segment_ids: list[int],
+    workers: int = 1,
+    on_done: Callable[[SegmentOutcome], None] | None = None,
+) -> Iterator[SegmentOutcome]:
+    """Run segments on `workers` processes (in this process when workers == 1), yielding
+    each outcome as it finishes."""
+    if workers <= 1:
+        _init(db_url)
+        for sid in segment_ids:
+            yield _run(sid)
+        return
+    # spawn, not fork: a forked child would inherit the parent's open database connections.
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_init, initargs=(db_url,)
+    ) as pool:
+        futures = [pool.submit(_run, sid) for sid in segment_ids]
+        try:
+            for fut in as_completed(futures):
+                yield fut.result()
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise

@@ -1,0 +1,35 @@
+"""Helpers for tests: run the real `nbhr` console script and read its JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+NBHR = [sys.executable, "-m", "nbhr"]
+
+
+def nbhr(
+    *args: str | Path, check: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run `nbhr ARGS` in a real subprocess; fail with its output when it exits non-zero."""
+    proc = subprocess.run(
+        [*NBHR, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"nbhr {' '.join(map(str, args))} exited {proc.returncode}\n"
+            f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
+    return proc
+
+
+def nbhr_json(*args: str | Path) -> Any:
+    return json.loads(nbhr(*args).stdout)

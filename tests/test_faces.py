@@ -1,0 +1,94 @@
+"""Face detection on a real photograph, retries on rotated/dark frames, smooth tracking."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from skimage import data
+
+from worker.faces import Box, FaceDetector, FaceTracker, region_mean, skin_mean
+
+
+@pytest.fixture(scope="module")
+def detector() -> FaceDetector:
+    return FaceDetector()
+
+
+@pytest.fixture(scope="module")
+def portrait() -> np.ndarray:
+    """The public-domain astronaut photograph as a 640x480 BGR frame, face near the middle."""
+    rgb = data.astronaut()[0:384, 64:448]
+    frame = cv2.resize(rgb, (480, 480))
+    canvas = np.full((480, 640, 3), 90, np.uint8)
+    canvas[:, 80:560] = frame
+    return cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR)
+
+
+def test_face_found_upright(detector: FaceDetector, portrait: np.ndarray) -> None:
+    box = detector.detect(portrait)
+    assert box is not None
+    assert 200 < box.cx < 440 and 60 < box.cy < 300
+    assert 80 < box.w < 300
+
+
+@pytest.mark.parametrize("angle", [60, -90])
+def test_rotated_face_found_by_retry(
+    detector: FaceDetector, portrait: np.ndarray, angle: float
+) -> None:
+    upright = detector.detect(portrait)
+    rot = cv2.getRotationMatrix2D((320, 240), angle, 1.0)
+    turned = cv2.warpAffine(portrait, rot, (640, 480), borderMode=cv2.BORDER_REPLICATE)
+    assert detector.detect(turned, full=False) is None or detector.last_angle != 0.0
+    box = detector.detect(turned)
+    assert box is not None
+    expected = rot @ np.array([upright.cx, upright.cy, 1.0])
+    assert abs(box.cx - expected[0]) < 40 and abs(box.cy - expected[1]) < 40
+
+
+def test_dark_face_found_by_brightening(detector: FaceDetector, portrait: np.ndarray) -> None:
+    dark = (portrait.astype(np.float32) * 0.12).astype(np.uint8)
+    assert detector.detect(dark) is not None
+
+
+def test_no_face_in_blanket(detector: FaceDetector) -> None:
+    rng = np.random.default_rng(0)
+    blanket = cv2.GaussianBlur(rng.integers(150, 220, (480, 640, 3), dtype=np.uint8), (9, 9), 3)
+    assert detector.detect(blanket) is None
+
+
+def test_tracker_interpolates_and_never_falls_back_to_full_frame(
+    detector: FaceDetector, portrait: np.ndarray
+) -> None:
+    tracker = FaceTracker(detector, fps=30.0)
+    blank = np.full_like(portrait, 80)
+    frames = [portrait] * 45 + [blank] * 75
+    out = []
+    for i, f in enumerate(frames):
+        out += tracker.push(i, f)
+    out += tracker.flush()
+    assert [i for i, _, _ in out] == list(range(len(frames)))
+    boxes = [b for _, _, b in out]
+    assert all(b is not None for b in boxes[:45])
+    # The face is held for about a second after it vanished, then reported missing.
+    assert boxes[-1] is None
+    assert sum(b is None for b in boxes) >= 30
+    steps = [abs(a.cx - b.cx) for a, b in zip(boxes[:44], boxes[1:45], strict=True)]
+    assert max(steps) < 5.0
+
+
+def test_skin_mean_ignores_non_skin(portrait: np.ndarray) -> None:
+    box = Box(260, 60, 120, 140)
+    m = skin_mean(portrait, box)
+    assert np.all(np.isfinite(m)) and m[0] > m[2]  # skin is redder than it is blue
+    grey = np.full_like(portrait, 128)
+    assert np.all(np.isnan(skin_mean(grey, box)))
+    assert np.allclose(region_mean(grey, None), 128)
+
+
+def test_box_parse_errors() -> None:
+    assert Box.parse("10,20,30,40") == Box(10, 20, 30, 40)
+    with pytest.raises(ValueError, match="X,Y,W,H"):
+        Box.parse("10,20,30")
+    with pytest.raises(ValueError, match="W,H > 0"):
+        Box.parse("10,20,0,40")

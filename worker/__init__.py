@@ -1,0 +1,1 @@
+"""Video decoding, face tracking, windowing, and the per-segment processing function."""

@@ -1,0 +1,115 @@
+"""Processing options of a job, and the window grid they define over a video.
+
+The options are stored with the job (JSON) so that a segment task needs only ids; their
+hash (config_key) tells whether a recording has already been processed this way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from model.bands import Band
+
+CLASSICAL = ("pos", "chrom", "green")
+
+
+@dataclass(frozen=True)
+class ProcessingOptions:
+    """How to turn a recording into windows.
+
+    roi: "face" (track the face), "full" (whole frame) or "X,Y,W,H" (fixed box, pixels).
+    window_s / hop_s: analysis window length and step, seconds.
+    segment_s: video seconds per unit of work (cut on window boundaries).
+    """
+
+    estimators: tuple[str, ...] = CLASSICAL
+    roi: str = "face"
+    population: str = "neonate"
+    hr_lo_bpm: float = field(default_factory=lambda: Band.for_population("neonate").lo_bpm)
+    hr_hi_bpm: float = field(default_factory=lambda: Band.for_population("neonate").hi_bpm)
+    window_s: float = 10.0
+    hop_s: float = 2.0
+    segment_s: float = 60.0
+
+    @property
+    def band(self) -> Band:
+        return Band(self.hr_lo_bpm, self.hr_hi_bpm)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["estimators"] = list(self.estimators)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ProcessingOptions:
+        data = dict(data)
+        data["estimators"] = tuple(data["estimators"])
+        return cls(**data)
+
+    @property
+    def config_key(self) -> str:
+        """Stable hash of everything that changes the windows a run writes."""
+        data = self.to_json()
+        data["estimators"] = sorted(data["estimators"])
+        blob = json.dumps(data, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def validate(self) -> None:
+        """Raise ValueError (readable) for inconsistent options."""
+        if not self.estimators:
+            raise ValueError("at least one estimator is needed")
+        if self.window_s <= 0 or self.hop_s <= 0 or self.segment_s <= 0:
+            raise ValueError("--window-s, --hop-s and --segment-s must be positive")
+        if self.hop_s > self.window_s:
+            raise ValueError(f"--hop-s {self.hop_s:g} is longer than --window-s {self.window_s:g}")
+        ratio = self.segment_s / self.hop_s
+        if abs(ratio - round(ratio)) > 1e-6:
+            raise ValueError(
+                f"--segment-s {self.segment_s:g} must be a multiple of --hop-s {self.hop_s:g} "
+                "(segments are cut on window boundaries)"
+            )
+
+
+@dataclass(frozen=True)
+class WindowGrid:
+    """Windows of `win` frames every `hop` frames over a video of `n_frames` frames."""
+
+    fps: float
+    n_frames: int
+    win: int
+    hop: int
+
+    @classmethod
+    def for_video(cls, fps: float, n_frames: int, opts: ProcessingOptions) -> WindowGrid:
+        return cls(
+            fps=fps,
+            n_frames=n_frames,
+            win=max(2, round(opts.window_s * fps)),
+            hop=max(1, round(opts.hop_s * fps)),
+        )
+
+    @property
+    def n_windows(self) -> int:
+        return 0 if self.n_frames < self.win else (self.n_frames - self.win) // self.hop + 1
+
+    def start_time(self, k: int) -> float:
+        """Start of window k, seconds; also the boundary used to cut segments."""
+        return k * self.hop / self.fps
+
+    def index_at(self, t: float) -> int:
+        """The window index whose start time is t (t taken from start_time)."""
+        return round(t * self.fps / self.hop)
+
+    def frames(self, k: int) -> tuple[int, int]:
+        """[first, stop) frame indices of window k."""
+        first = k * self.hop
+        return first, first + self.win
+
+    def segments(self, segment_s: float, hop_s: float) -> list[tuple[float, float]]:
+        """(t_start, t_end) per segment; a segment owns the windows that start in it."""
+        per = max(1, round(segment_s / hop_s))
+        n = self.n_windows
+        return [(self.start_time(k0), self.start_time(min(k0 + per, n))) for k0 in range(0, n, per)]

@@ -1,0 +1,142 @@
+"""Open, probe and decode video files with OpenCV, turning every failure into a readable reason."""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".m4v")
+
+
+class VideoError(Exception):
+    """A video cannot be used; str(error) is a one-line reason for the user."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    fps: float
+    n_frames: int
+    width: int
+    height: int
+    codec: str
+
+    @property
+    def duration_s(self) -> float:
+        return self.n_frames / self.fps
+
+
+def _fourcc(cap: cv2.VideoCapture) -> str:
+    code = int(cap.get(cv2.CAP_PROP_FOURCC))
+    text = "".join(chr((code >> (8 * i)) & 0xFF) for i in range(4))
+    return text if text.isprintable() and text.strip() else "unknown"
+
+
+def unreadable_reason(path: Path, exc: OSError) -> str:
+    """A one-line reason why `path` could not be read."""
+    if path.is_symlink() and not path.exists():
+        return f"broken symbolic link (target {os.readlink(path)!s} does not exist)"
+    if path.is_dir():
+        return "is a directory, not a video file"
+    return f"cannot read file: {exc.strerror or exc}"
+
+
+def _check_readable(path: Path) -> None:
+    # OpenCV reports every problem as "could not open"; find the real cause first.
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise VideoError(unreadable_reason(path, exc)) from None
+    if not head:
+        raise VideoError("empty file (0 bytes)")
+
+
+def avi_video_rate(path: Path) -> tuple[int, int] | None:
+    """(dwRate, dwScale) of the first video stream header of an AVI file, or None.
+
+    FFmpeg replaces a zero rate with a guess of 25 fps, which would silently misplace every
+    frame in time; reading the header ourselves lets such files fail with a clear reason.
+    """
+    with path.open("rb") as fh:
+        head = fh.read(1 << 16)
+    if head[:4] != b"RIFF" or head[8:12] != b"AVI ":
+        return None
+    at = head.find(b"strh")
+    while at != -1 and at + 32 <= len(head):
+        if head[at + 8 : at + 12] == b"vids":
+            scale, rate = struct.unpack_from("<II", head, at + 28)
+            return rate, scale
+        at = head.find(b"strh", at + 4)
+    return None
+
+
+def open_capture(path: Path) -> cv2.VideoCapture:
+    _check_readable(path)
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    if not cap.isOpened():
+        cap.release()
+        raise VideoError("not a video that OpenCV/FFmpeg can open (corrupt or not a video file)")
+    return cap
+
+
+def probe(path: Path) -> VideoInfo:
+    """Read the header and the first frame; raise VideoError when the video is unusable."""
+    cap = open_capture(path)
+    try:
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        n_frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
+        height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        codec = _fourcc(cap)
+        ok, frame = cap.read()
+        if not ok or frame is None:
+            raise VideoError(
+                f"no decodable frames (header says {n_frames} frames; zero-frame or corrupt video)"
+            )
+        rate = avi_video_rate(path)
+        if rate is not None and (rate[0] == 0 or rate[1] == 0):
+            fps = 0.0
+        if not np.isfinite(fps) or fps <= 0 or fps > 1000:
+            raise VideoError(f"video header gives {fps:g} fps; frames cannot be placed in time")
+        if n_frames <= 0:
+            # Some containers carry no frame count: count by grabbing (no decode cost).
+            n_frames = 1
+            while cap.grab():
+                n_frames += 1
+        height, width = frame.shape[:2]
+        return VideoInfo(fps=fps, n_frames=n_frames, width=width, height=height, codec=codec)
+    finally:
+        cap.release()
+
+
+def iter_frames(path: Path, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (frame_index, frame) for frame indices in [start, stop).
+
+    frame: uint8 array (H, W, 3), BGR as OpenCV decodes it (callers convert what they need,
+    so that no full-frame colour conversion is paid for frames that are only averaged).
+    Stops early, without error, where the file ends before `stop` (truncated video).
+    """
+    cap = open_capture(path)
+    try:
+        if start > 0:
+            cap.set(cv2.CAP_PROP_POS_FRAMES, start)
+            pos = int(cap.get(cv2.CAP_PROP_POS_FRAMES))
+            if pos != start:
+                # Seeking was not frame-exact for this codec: decode forward from the start.
+                cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                for _ in range(start):
+                    if not cap.grab():
+                        return
+        for index in range(start, stop):
+            ok, frame = cap.read()
+            if not ok or frame is None:
+                return
+            yield index, frame
+    finally:
+        cap.release()
