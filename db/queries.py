@@ -323,6 +323,25 @@ def processing_speed(session: Session) -> dict[str, float | None]:
     return out
 
 
+def worker_stats(session: Session) -> list[dict[str, Any]]:
+    """Per worker (host:pid): segments finished, video seconds and windows it processed."""
+    rows = session.execute(
+        select(
+            Segment.worker,
+            func.count(),
+            func.sum(Segment.video_s),
+            func.sum(Segment.n_windows),
+        )
+        .where(Segment.worker.is_not(None), Segment.state == SegmentState.done)
+        .group_by(Segment.worker)
+        .order_by(Segment.worker)
+    )
+    return [
+        {"worker": w, "segments": n, "video_s": float(v or 0.0), "windows": int(k or 0)}
+        for w, n, v, k in rows
+    ]
+
+
 def _naive(t: datetime) -> datetime:
     # SQLite returns naive datetimes (stored as UTC), PostgreSQL aware ones: compare alike.
     return t.replace(tzinfo=None) if t.tzinfo is None else t.astimezone().replace(tzinfo=None)

@@ -7,13 +7,17 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
+from scipy import signal
 
 from model.bands import Band
-from model.spectrum import bandpass, spectral_hr
+from model.spectrum import bandpass, power_spectrum, spectral_hr
 
 # Above this fraction of frames without a valid ROI, interpolating the gaps would invent the
 # signal rather than bridge it, so the window is declared not estimable.
 MAX_NAN_FRACTION = 0.2
+# Below this mean level (0-255) a channel is black: relative colour changes are meaningless
+# (and division by its mean would blow up), so the window is declared not estimable.
+MIN_CHANNEL_LEVEL = 1.0
 # Length of the short windows in which POS and CHROM fit their projection (Wang et al. 2017 use
 # 1.6 s: long enough to span one beat at 40 bpm, short enough to track illumination changes).
 SHORT_WINDOW_S = 1.6
@@ -50,10 +54,13 @@ class RGBEstimator(ABC):
         rgb: float array (T, 3), per-frame mean skin colour, RGB order, 0-255; rows are nan for
             frames without a valid ROI.
         fps: sampling rate of the rows, Hz.
-        Returns an Estimate; NOT_ESTIMABLE if more than MAX_NAN_FRACTION of the rows are nan.
+        Returns an Estimate; NOT_ESTIMABLE if more than MAX_NAN_FRACTION of the rows are nan
+        or a colour channel is black (mean below MIN_CHANNEL_LEVEL).
         """
         rgb = _check_rgb(rgb)
         if np.isnan(rgb).any(axis=1).mean() > MAX_NAN_FRACTION:
+            return NOT_ESTIMABLE
+        if np.nanmean(rgb, axis=0).min() < MIN_CHANNEL_LEVEL:
             return NOT_ESTIMABLE
         peak = spectral_hr(self.pulse(rgb, fps), fps, self.band)
         return Estimate(peak.hr_bpm, peak.snr_db)
@@ -136,7 +143,58 @@ class CHROM(RGBEstimator):
         return s
 
 
-ESTIMATORS: dict[str, type[RGBEstimator]] = {cls.name: cls for cls in (POS, CHROM, GREEN)}
+# Normalised blood-volume-pulse signature of skin, RGB (de Haan & van Leest 2014): the relative
+# colour change that one pulse causes.
+PBV_SIGNATURE = np.array([0.33, 0.77, 0.53])
+# Power density along the dominant high-frequency colour direction, in band vs above it: white
+# (codec, exposure) noise is near 1; a direction that carries the pulse is far above.
+WHITE_NOISE_MAX_RATIO = 4.0
+
+
+@dataclass(frozen=True)
+class PBVN(RGBEstimator):
+    """Blood-volume signature with the dominant broadband noise direction nulled.
+
+    Compressed, low-light video adds frame-to-frame noise that lies along ONE colour direction
+    (MPEG luma quantisation and exposure jitter move R, G and B together), often far stronger
+    than the pulse. The direction is estimated from the trace above the heart-rate band, where
+    no pulse energy is expected. If the trace along it is white (the same power density in band
+    as above it) it is noise, and the combination weights are the absolute pulse signature
+    (mean colour x PBV signature) with that direction projected out. If it carries in-band
+    energy it is (or contains) the pulse and nothing is nulled. Unlike POS and CHROM, no
+    temporal normalisation re-mixes the noise into the pulse plane.
+    """
+
+    name: ClassVar[str] = "pbvn"
+
+    def _raw_pulse(self, rgb: np.ndarray, fps: float) -> np.ndarray:
+        mean = rgb.mean(axis=0)
+        x = rgb - mean
+        weights = mean * PBV_SIGNATURE
+        noise = self._noise_direction(x, fps)
+        if noise is not None:
+            weights = weights - (weights @ noise) * noise
+        return x @ weights / np.linalg.norm(mean)
+
+    def _noise_direction(self, x: np.ndarray, fps: float) -> np.ndarray | None:
+        """Unit vector (3,) of white high-frequency colour noise, or None."""
+        nyquist = fps / 2
+        cut = min(1.2 * self.band.hi_hz, 0.8 * nyquist)
+        if cut <= self.band.hi_hz or len(x) < 32:
+            return None  # no spectrum left above the band to learn the noise from
+        sos = signal.butter(4, cut / nyquist, btype="high", output="sos")
+        high = signal.sosfiltfilt(sos, x, axis=0)
+        _, vectors = np.linalg.eigh(np.cov(high.T))
+        direction = vectors[:, -1]
+        freqs, power = power_spectrum(signal.detrend(x @ direction), fps)
+        in_band = (freqs >= self.band.lo_hz) & (freqs <= self.band.hi_hz)
+        above = power[freqs >= cut].mean()
+        if above <= 0 or power[in_band].mean() / above > WHITE_NOISE_MAX_RATIO:
+            return None
+        return direction
+
+
+ESTIMATORS: dict[str, type[RGBEstimator]] = {cls.name: cls for cls in (POS, CHROM, GREEN, PBVN)}
 
 
 def make_estimator(name: str, band: Band) -> RGBEstimator:

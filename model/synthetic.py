@@ -188,7 +188,7 @@ def hr_trajectory(
         walk[k] = walk[k - 1] * (1.0 - dt / relax_s) + step_sd * rng.standard_normal()
     waves = sum(
         rng.uniform(1.0, 5.0)
-        * np.sin(2 * np.pi * t / rng.uniform(20.0, 120.0) + rng.uniform(0, 6.3))
+        * np.sin(2 * np.pi * t / rng.uniform(20.0, 120.0) + rng.uniform(0, 2 * np.pi))
         for _ in range(2)
     )
     bpm = np.clip(rng.uniform(110.0, 170.0) + walk + waves, lo, hi)
@@ -224,10 +224,8 @@ def ppg_wave(
     """
     t = np.asarray(t, dtype=float)
     hr = np.asarray(hr_bpm_at_t, dtype=float)
-    if t.shape != hr.shape or t.ndim != 1:
-        raise ValueError(
-            f"t and hr_bpm_at_t must be 1-D of equal length, got {t.shape}, {hr.shape}"
-        )
+    if t.shape != hr.shape or t.ndim != 1 or len(t) == 0:
+        raise ValueError(f"t and hr_bpm_at_t must be 1-D, equal, non-empty: {t.shape}, {hr.shape}")
     if templates is None:
         templates = load_beat_templates()
     steps = np.diff(t, prepend=t[0]) * np.concatenate([[hr[0]], 0.5 * (hr[1:] + hr[:-1])])
@@ -245,8 +243,8 @@ def ppg_wave(
     pos = (phase - beat) * s
     i0 = np.floor(pos).astype(int) % s
     frac = pos - np.floor(pos)
-    rows = templates[choice[beat]]
-    shape = rows[np.arange(len(t)), i0] * (1 - frac) + rows[np.arange(len(t)), (i0 + 1) % s] * frac
+    which = choice[beat]
+    shape = templates[which, i0] * (1 - frac) + templates[which, (i0 + 1) % s] * frac
 
     rr = rng.uniform(30.0, 60.0) if resp_rate_bpm is None else resp_rate_bpm
     breath = np.sin(2 * np.pi * rr / 60.0 * (t - t[0]) + rng.uniform(0, 2 * np.pi))

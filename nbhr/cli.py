@@ -393,7 +393,7 @@ def status(db_url: str, as_json: bool) -> None:
             "failures": queries.failures(s),
             "video_s_per_s": speed["video_s_per_s"],
             "last_job_video_s": speed["video_s"],
-            "workers": [],
+            "workers": queries.worker_stats(s),
         }
     if as_json:
         click.echo(json.dumps(data, indent=1))
@@ -526,3 +526,41 @@ def db_upgrade(db_url: str) -> None:
     engine = open_db(db_url, migrate=False)
     head = upgrade(engine)
     click.echo(f"{mask_url(db_url)} is at schema revision {head}")
+
+
+# --- bench ---------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument(
+    "directory", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option("--workers", "-j", default=2, show_default=True, type=click.IntRange(1, 256))
+@click.option("--json", "as_json", is_flag=True)
+def bench(directory: Path | None, workers: int, as_json: bool) -> None:
+    """Measure decode, face detection, estimators and end-to-end speed (default: on a fresh
+    small demo archive)."""
+    from nbhr.bench import run_bench
+
+    result = run_bench(directory, workers)
+    if as_json:
+        click.echo(json.dumps(result, indent=1))
+        return
+    d, f, e2e = result["decode"], result["faces"], result["end_to_end"]
+    click.echo(
+        f"decode        {d['frames_per_cpu_s']:.0f} frames per CPU s "
+        f"({d['resolution']} {d['codec']}, {d['ms_per_frame']:.2f} ms/frame)"
+    )
+    click.echo(
+        f"face detect   {f['ms_per_detection']:.1f} ms per detection "
+        f"({f['ms_per_video_s_at_2hz']:.0f} ms per video s at 2 Hz)"
+    )
+    if "ms_per_failed_full_cascade" in f:
+        click.echo(f"no face       {f['ms_per_failed_full_cascade']:.0f} ms per full retry cascade")
+    for name, est in result["estimators"].items():
+        click.echo(f"{name:<13} {est['ms_per_window']:.2f} ms per {est['window_s']:g}-s window")
+    one, pool = e2e["one_process"], e2e["pool"]
+    click.echo(
+        f"end to end    {one['video_s_per_cpu_s']:.1f} video s per CPU s (1 process); "
+        f"{pool['video_s_per_wall_s']:.1f} video s per wall s on {pool['workers']} processes"
+    )

@@ -1,6 +1,6 @@
 """Write a small synthetic archive laid out like the NBHR database, with exact ground truth.
 
-Faces come from the public-domain astronaut photograph shipped with scikit-image; their skin
+Faces come from the public-domain NASA portrait shipped with scikit-image (``astronaut``); skin
 is modulated by a PPG wave built from real pulse shapes (``model.synthetic``), then moved,
 relit, made noisy and MJPG-compressed like a NICU camera recording.
 """
@@ -22,16 +22,16 @@ PPG_RATE_HZ = 60.0
 """Sample rate of the PPG/HR/SpO2 files, as in the NBHR database."""
 
 # Face box (left, top, right, bottom) that dlib's HOG detector finds in
-# skimage.data.astronaut(); scaling it sets the face size in the frame.
+# skimage.data.astronaut() (mean of upsample 0 and 1); scaling it sets the face size in frame.
 _ASTRONAUT_FACE = (177.0, 80.0, 266.0, 168.0)
 
 # Relative pulsatile amplitude of blue, green and red skin reflectance (the blood-volume-pulse
 # signature of de Haan & van Leest 2014, Physiol. Meas. 35:1913), in OpenCV's BGR order.
 _PULSE_SIGNATURE_BGR = np.array([0.53, 0.77, 0.33]) / 0.77
 
-_NOISE_BANK = (
-    4  # noise frames drawn once per recording; fresh noise per frame costs ~2x the encoder
-)
+# Sensor-noise frames drawn once per recording and reused at random offsets: drawing fresh
+# Gaussian noise for every frame would cost more CPU than encoding the frame.
+_NOISE_BANK = 4
 
 
 @dataclass(frozen=True)
@@ -341,11 +341,11 @@ def _motion(
         for _ in range(2):
             amp = rng.uniform(0.3, 1.0) * sway_px * k
             shift[:, axis] += amp * np.sin(
-                2 * np.pi * t / rng.uniform(4.0, 15.0) + rng.uniform(0, 7)
+                2 * np.pi * t / rng.uniform(4.0, 15.0) + rng.uniform(0, 2 * np.pi)
             )
     shift[:, 1] += rng.uniform(0.2, 0.8) * k * np.sin(2 * np.pi * resp_rate_bpm / 60.0 * t)
     angle = np.deg2rad(rng.uniform(0.5, 2.0) * sway_px / 4.0) * np.sin(
-        2 * np.pi * t / rng.uniform(6.0, 20.0) + rng.uniform(0, 7)
+        2 * np.pi * t / rng.uniform(6.0, 20.0) + rng.uniform(0, 2 * np.pi)
     )
     cos, sin = np.cos(angle) * scene.scale, np.sin(angle) * scene.scale
     affines = np.empty((len(t), 2, 3))
@@ -363,7 +363,7 @@ def _illumination(rng: np.random.Generator, t: np.ndarray) -> np.ndarray:
     gain = rng.uniform(0.85, 1.0) * (
         1.0
         + rng.uniform(0.02, 0.06)
-        * np.sin(2 * np.pi * t / rng.uniform(15.0, 60.0) + rng.uniform(0, 7))
+        * np.sin(2 * np.pi * t / rng.uniform(15.0, 60.0) + rng.uniform(0, 2 * np.pi))
     )
     if rng.random() < 0.5:
         t_step = rng.uniform(0.2, 0.8) * t[-1]
@@ -411,9 +411,10 @@ def _render(
     frame = np.empty((height, width, 3), np.float32)
     try:
         for k in range(len(pulse)):
-            cv2.addWeighted(image, gains[k], pulse_map, -gains[k] * pulse[k], 0.0, dst=src)
+            if pulse_map is not None:
+                cv2.scaleAdd(pulse_map, -pulse[k], image, dst=src)
             cv2.warpAffine(
-                src,
+                image if pulse_map is None else src,
                 affines[k],
                 size,
                 dst=frame,
@@ -421,7 +422,7 @@ def _render(
                 borderMode=cv2.BORDER_REFLECT,
             )
             b, dy, dx = picks[k]
-            cv2.add(frame, bank[b, dy : dy + height, dx : dx + width], dst=frame)
+            cv2.scaleAdd(frame, gains[k], bank[b, dy : dy + height, dx : dx + width], dst=frame)
             writer.write(cv2.convertScaleAbs(frame))
     finally:
         writer.release()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -16,6 +17,28 @@ from nbhr.demo import PPG_RATE_HZ, DemoSummary, write_demo_archive
 
 SECONDS = 10.0
 FPS = 30.0
+N_FRAMES = round(SECONDS * FPS)
+SAMPLED = (0, N_FRAMES // 2, N_FRAMES - 1)
+SHRINK = 4  # every frame is kept at 1/4 size (block means) so the module holds ~50 MB, not 800
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One video as OpenCV reads it back.
+
+    Attributes:
+        fps: CAP_PROP_FPS.
+        fourcc: CAP_PROP_FOURCC as an int.
+        frames: number of frames decoded.
+        sampled: full-size uint8 (H, W, 3) BGR frames at the indices in SAMPLED.
+        small: uint8 (T, H/SHRINK, W/SHRINK, 3), every frame shrunk by area averaging.
+    """
+
+    fps: float
+    fourcc: int
+    frames: int
+    sampled: dict[int, np.ndarray]
+    small: np.ndarray
 
 
 @pytest.fixture(scope="module")
@@ -31,22 +54,28 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> DemoSummary:
 
 
 @pytest.fixture(scope="module")
+def decoded(archive: DemoSummary) -> dict[str, Decoded]:
+    out = {}
+    for rec in archive.recordings:
+        cap = cv2.VideoCapture(str(archive.root / rec.recording))
+        fps, fourcc = cap.get(cv2.CAP_PROP_FPS), int(cap.get(cv2.CAP_PROP_FOURCC))
+        sampled, small = {}, []
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if len(small) in SAMPLED:
+                sampled[len(small)] = frame
+            size = (frame.shape[1] // SHRINK, frame.shape[0] // SHRINK)
+            small.append(cv2.resize(frame, size, interpolation=cv2.INTER_AREA))
+        cap.release()
+        out[rec.recording] = Decoded(fps, fourcc, len(small), sampled, np.asarray(small))
+    return out
+
+
+@pytest.fixture(scope="module")
 def detector() -> dlib.fhog_object_detector:
     return dlib.get_frontal_face_detector()
-
-
-def read_frames(path: Path) -> tuple[float, np.ndarray]:
-    """fps and all frames, uint8 (T, H, W, 3) BGR, as OpenCV decodes them."""
-    cap = cv2.VideoCapture(str(path))
-    fps = cap.get(cv2.CAP_PROP_FPS)
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
-    return fps, np.asarray(frames)
 
 
 def faces(detector: dlib.fhog_object_detector, frame: np.ndarray) -> list[dlib.rectangle]:
@@ -56,8 +85,9 @@ def faces(detector: dlib.fhog_object_detector, frame: np.ndarray) -> list[dlib.r
     return [dlib.rectangle(2 * r.left(), 2 * r.top(), 2 * r.right(), 2 * r.bottom()) for r in rects]
 
 
-def load_ppg(root: Path, rec: str) -> np.ndarray:
-    return np.loadtxt(root / rec, delimiter=",", ndmin=2)
+def load_ppg(archive: DemoSummary, ppg: str) -> np.ndarray:
+    """float (N, 3): PPG (template units), HR (bpm), SpO2 (%) per 1/60 s."""
+    return np.loadtxt(archive.root / ppg, delimiter=",", ndmin=2)
 
 
 def test_layout_and_manifest(archive: DemoSummary) -> None:
@@ -84,8 +114,8 @@ def test_ppg_csv_format(archive: DemoSummary) -> None:
     for rec in archive.recordings:
         first = (archive.root / rec.ppg).read_text().splitlines()[0].split(",")
         assert len(first) == 3
-        [float(v) for v in first]  # no header row
-        ppg = load_ppg(archive.root, rec.ppg)
+        [float(v) for v in first]  # a header row would not parse
+        ppg = load_ppg(archive, rec.ppg)
         assert ppg.shape == (round(SECONDS * PPG_RATE_HZ), 3)
         assert np.all((ppg[:, 1] >= 90) & (ppg[:, 1] <= 200))
         assert np.all((ppg[:, 2] >= 94) & (ppg[:, 2] <= 100))
@@ -93,50 +123,43 @@ def test_ppg_csv_format(archive: DemoSummary) -> None:
         assert ppg[:, 1].mean() == pytest.approx(rec.mean_hr_bpm, abs=1e-3)
 
 
-def test_videos_decode_at_30_fps(archive: DemoSummary) -> None:
+def test_videos_decode_as_30_fps_mjpg(archive: DemoSummary, decoded: dict[str, Decoded]) -> None:
     for rec in archive.recordings:
-        cap = cv2.VideoCapture(str(archive.root / rec.recording))
-        assert cap.get(cv2.CAP_PROP_FOURCC) == cv2.VideoWriter_fourcc(*"MJPG")
-        assert cap.get(cv2.CAP_PROP_FRAME_WIDTH) == 640
-        assert cap.get(cv2.CAP_PROP_FRAME_HEIGHT) == 480
-        cap.release()
-        fps, frames = read_frames(archive.root / rec.recording)
-        assert fps == FPS
-        assert frames.shape == (round(SECONDS * FPS), 480, 640, 3)
+        video = decoded[rec.recording]
+        assert video.fourcc == cv2.VideoWriter_fourcc(*"MJPG")
+        assert video.fps == FPS
+        assert video.frames == N_FRAMES
+        assert video.sampled[0].shape == (480, 640, 3)
 
 
 def test_face_found_only_where_there_is_one(
-    archive: DemoSummary, detector: dlib.fhog_object_detector
+    archive: DemoSummary, decoded: dict[str, Decoded], detector: dlib.fhog_object_detector
 ) -> None:
     for rec in archive.recordings:
-        cap = cv2.VideoCapture(str(archive.root / rec.recording))
-        for index in (0, 140, 299):
-            cap.set(cv2.CAP_PROP_POS_FRAMES, index)
-            ok, frame = cap.read()
-            assert ok
+        for index, frame in decoded[rec.recording].sampled.items():
             found = faces(detector, frame)
             if rec.has_face:
                 assert len(found) == 1, (rec.recording, index)
                 assert 140 <= found[0].width() <= 280
             else:
                 assert found == [], (rec.recording, index)
-        cap.release()
 
 
 def test_pulse_survives_compression(
-    archive: DemoSummary, detector: dlib.fhog_object_detector
+    archive: DemoSummary, decoded: dict[str, Decoded], detector: dlib.fhog_object_detector
 ) -> None:
     for rec in archive.recordings:
         if not rec.has_face:
             continue
-        fps, frames = read_frames(archive.root / rec.recording)
-        box = faces(detector, frames[0])[0]
-        green = frames[:, box.top() : box.bottom(), box.left() : box.right(), 1].mean(axis=(1, 2))
-        green = green - np.polyval(
-            np.polyfit(np.arange(len(green)), green, 2), np.arange(len(green))
-        )
+        video = decoded[rec.recording]
+        box = faces(detector, video.sampled[0])[0]
+        top, bottom = box.top() // SHRINK, box.bottom() // SHRINK
+        left, right = box.left() // SHRINK, box.right() // SHRINK
+        green = video.small[:, top:bottom, left:right, 1].mean(axis=(1, 2))
+        k = np.arange(len(green))
+        green = green - np.polyval(np.polyfit(k, green, 2), k)
         power = np.abs(np.fft.rfft(green * np.hanning(len(green)), 8192)) ** 2
-        bpm = np.fft.rfftfreq(8192, 1.0 / fps) * 60.0
+        bpm = np.fft.rfftfreq(8192, 1.0 / video.fps) * 60.0
         band = (bpm > 80) & (bpm < 220)
         peak_bpm = bpm[band][np.argmax(power[band])]
         assert peak_bpm == pytest.approx(rec.mean_hr_bpm, abs=5.0), rec.recording
@@ -144,13 +167,12 @@ def test_pulse_survives_compression(
 
 def test_ppg_is_made_of_real_beats(archive: DemoSummary) -> None:
     templates = load_beat_templates()
-    ppg = load_ppg(archive.root, archive.recordings[0].ppg)[:, 0]
-    beats, _, periods = extract_beats(ppg, PPG_RATE_HZ)
-    expected = SECONDS * archive.recordings[0].mean_hr_bpm / 60.0
-    assert len(beats) >= 0.6 * expected
+    rec = archive.recordings[0]
+    beats, _, _ = extract_beats(load_ppg(archive, rec.ppg)[:, 0], PPG_RATE_HZ)
+    assert len(beats) >= 0.6 * SECONDS * rec.mean_hr_bpm / 60.0
     best = np.array([max(np.corrcoef(b, t)[0, 1] for t in templates) for b in beats])
     assert np.all(best > 0.95)
-    # A PPG beat rises to its systolic peak in well under half the beat; a sine takes half.
+    # A PPG beat reaches its systolic peak early in the beat; a sine takes half the beat.
     assert np.all(np.argmax(beats, axis=1) < 0.35 * beats.shape[1])
     sine = -np.cos(2 * np.pi * np.arange(templates.shape[1]) / templates.shape[1])
     assert max(np.corrcoef(sine, t)[0, 1] for t in templates) < 0.8
@@ -163,8 +185,8 @@ def test_seed_reproduces_reference(tmp_path: Path) -> None:
             subjects=1,
             seconds=2.0,
             seed=seed,
-            size=(320, 240),
             recordings_per_subject=1,
+            size=(320, 240),
         )
         return [(summary.root / r.ppg).read_bytes() for r in summary.recordings]
 

@@ -7,7 +7,7 @@ import pytest
 
 from model.aggregate import aggregate_hr, weighted_median
 from model.bands import Band
-from model.classical import CHROM, ESTIMATORS, GREEN, POS, Estimate, make_estimator
+from model.classical import CHROM, ESTIMATORS, GREEN, PBVN, POS, Estimate, make_estimator
 from model.spectrum import bandpass, spectral_hr
 
 NEONATE = Band.for_population("neonate")
@@ -25,6 +25,7 @@ def skin_trace(
     seed: int = 0,
     sensor_noise: float = 0.2,
     flicker: float = 0.003,
+    pulse_scale: float = 1.0,
 ) -> np.ndarray:
     """Mean skin colour (T, 3), RGB 0-255: skin tone modulated by a pulse with a harmonic,
     times illumination (slow drift + common-mode flicker), plus per-channel sensor noise."""
@@ -39,11 +40,11 @@ def skin_trace(
         + 0.02 * t / seconds
         + rng.normal(0.0, flicker, len(t))
     )
-    clean = SKIN_RGB * light[:, None] * (1.0 + PULSE_STRENGTH * pulse[:, None])
+    clean = SKIN_RGB * light[:, None] * (1.0 + pulse_scale * PULSE_STRENGTH * pulse[:, None])
     return clean + rng.normal(0.0, sensor_noise, clean.shape)
 
 
-@pytest.mark.parametrize("cls", [POS, CHROM, GREEN])
+@pytest.mark.parametrize("cls", [POS, CHROM, GREEN, PBVN])
 @pytest.mark.parametrize(
     ("hr_bpm", "fps", "band"),
     [(190.0, 30.0, NEONATE), (65.0, 30.0, ADULT), (120.0, 15.0, NEONATE), (95.0, 15.0, ADULT)],
@@ -56,7 +57,7 @@ def test_estimator_recovers_heart_rate(cls, hr_bpm, fps, band):
         assert result.quality > 0.0
 
 
-@pytest.mark.parametrize("cls", [POS, CHROM, GREEN])
+@pytest.mark.parametrize("cls", [POS, CHROM, GREEN, PBVN])
 def test_rate_between_fft_bins_is_interpolated(cls):
     # 10 s gives native bins of 6 bpm; 151.3 bpm lies between 150 and 156.
     result = cls(band=NEONATE).estimate(skin_trace(151.3, 30.0, seed=4), 30.0)
@@ -72,7 +73,7 @@ def test_spectral_peak_is_refined_beyond_the_zero_padded_grid():
         assert abs(peak.hr_bpm - hr) < 0.01
 
 
-@pytest.mark.parametrize("cls", [POS, CHROM, GREEN])
+@pytest.mark.parametrize("cls", [POS, CHROM, GREEN, PBVN])
 def test_band_restricts_search(cls):
     result = cls(band=ADULT).estimate(skin_trace(190.0, 30.0), 30.0)
     assert not abs(result.hr_bpm - 190.0) < 10.0  # nan (no in-band peak) also passes
@@ -89,7 +90,7 @@ def test_spectral_hr_ignores_peak_outside_band():
     assert spectral_hr(strong_out + weak_in, fps, ADULT).hr_bpm == pytest.approx(100.0, abs=0.5)
 
 
-@pytest.mark.parametrize("cls", [POS, CHROM, GREEN])
+@pytest.mark.parametrize("cls", [POS, CHROM, GREEN, PBVN])
 def test_nan_gaps_are_bridged(cls):
     rgb = skin_trace(130.0, 30.0, seed=2)
     rgb[100:130] = np.nan  # 10 % of the window, one second without a face
@@ -99,7 +100,7 @@ def test_nan_gaps_are_bridged(cls):
     assert cls(band=NEONATE).estimate(rgb, 30.0).hr_bpm == pytest.approx(130.0, abs=1.5)
 
 
-@pytest.mark.parametrize("cls", [POS, CHROM, GREEN])
+@pytest.mark.parametrize("cls", [POS, CHROM, GREEN, PBVN])
 def test_too_many_nan_rows_is_not_estimable(cls):
     rgb = skin_trace(130.0, 30.0)
     rgb[::4] = np.nan  # 25 % > 20 %
@@ -107,7 +108,7 @@ def test_too_many_nan_rows_is_not_estimable(cls):
     assert math.isnan(result.hr_bpm) and math.isnan(result.quality)
 
 
-@pytest.mark.parametrize("cls", [POS, CHROM, GREEN])
+@pytest.mark.parametrize("cls", [POS, CHROM, GREEN, PBVN])
 def test_quality_higher_for_pulse_than_for_noise(cls):
     rng = np.random.default_rng(7)
     noise = SKIN_RGB + rng.normal(0.0, 1.0, (300, 3))
@@ -125,10 +126,10 @@ def test_default_band_is_neonatal():
 
 
 def test_registry_and_factory():
-    assert set(ESTIMATORS) == {"pos", "chrom", "green"}
+    assert set(ESTIMATORS) == {"pos", "chrom", "green", "pbvn"}
     est = make_estimator("POS", ADULT)
     assert isinstance(est, POS) and est.band == ADULT and est.name == "pos"
-    with pytest.raises(ValueError, match="chrom, green, pos"):
+    with pytest.raises(ValueError, match="chrom, green, pbvn, pos"):
         make_estimator("ica", ADULT)
 
 
@@ -202,3 +203,42 @@ def test_weighted_median():
     assert weighted_median(np.array([1.0, 2.0]), np.ones(2)) == 1.5
     assert weighted_median(np.array([1.0, 2.0, 10.0]), np.array([1.0, 1.0, 5.0])) == 10.0
     assert weighted_median(np.array([1.0, 2.0, 3.0]), np.array([1.0, np.inf, 1.0])) == 2.0
+
+
+def test_black_channel_is_not_estimable_rather_than_an_error() -> None:
+    """A regression: a window whose red channel is 0 (e.g. a dark region) raised ValueError."""
+    rgb = np.zeros((300, 3))
+    rgb[:, 1] = 50.0
+    for name in ("pos", "chrom", "green"):
+        est = make_estimator(name, Band.for_population("neonate")).estimate(rgb, 30.0)
+        assert np.isnan(est.hr_bpm) and np.isnan(est.quality)
+
+
+def test_pbvn_finds_and_nulls_white_colour_noise() -> None:
+    """Codec-like noise as measured on the dark, compressed clips in shared/data: a skin tone
+    near (70, 41, 24) and white frame-to-frame noise of about 3.6 along one colour direction
+    (0.61, 0.58, 0.54), several times a weak pulse. PBVN must find that direction and still
+    recover the heart rate."""
+    fps, hr = 15.0, 72.0
+    direction = np.array([0.61, 0.58, 0.54])
+    direction /= np.linalg.norm(direction)
+    est = PBVN(band=ADULT)
+    hits = 0
+    for seed in range(20):
+        rng = np.random.default_rng(100 + seed)
+        trace = skin_trace(hr, fps, seed=seed, pulse_scale=0.3) * (
+            np.array([70, 41, 24]) / SKIN_RGB
+        )
+        trace += rng.normal(0.0, 3.6, (len(trace), 1)) * direction
+        found = est._noise_direction(trace - trace.mean(axis=0), fps)
+        assert found is not None and abs(found @ direction) > 0.99
+        hits += abs(est.estimate(trace, fps).hr_bpm - hr) < 3.0
+    assert hits >= 18
+
+
+def test_pbvn_keeps_a_pulse_that_dominates_the_high_band() -> None:
+    """A strong pulse with harmonics above the band must not be mistaken for noise and nulled."""
+    fps = 30.0
+    trace = skin_trace(150.0, fps, seed=3, sensor_noise=0.01, flicker=0.0)
+    est = PBVN(band=NEONATE).estimate(trace, fps)
+    assert abs(est.hr_bpm - 150.0) <= 1.5

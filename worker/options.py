@@ -13,7 +13,7 @@ from typing import Any
 
 from model.bands import Band
 
-CLASSICAL = ("pos", "chrom", "green")
+CLASSICAL = ("pos", "chrom", "green", "pbvn")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,170 @@
+"""`nbhr bench`: what each stage of the pipeline costs on this machine, measured in one run.
+
+Stages: decoding, face detection (cheap pass and full retry cascade), skin-colour reduction,
+each estimator per window, and the whole pipeline end to end (video seconds per CPU second
+in one process, and per wall second on the local pool).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from db.engine import make_engine, session_scope
+from db.migrate import upgrade
+from model.bands import Band
+from model.classical import ESTIMATORS, make_estimator
+from scheduler.discover import find_videos, load_manifest, register_archive
+from scheduler.local import run_segments
+from scheduler.plan import plan_job
+from worker.faces import FaceDetector, skin_mean
+from worker.options import ProcessingOptions
+from worker.process import init_process
+from worker.video import iter_frames, probe
+
+
+class _Clock:
+    """Wall and CPU seconds of this process over a block."""
+
+    def __enter__(self) -> _Clock:
+        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.wall0
+        self.cpu = time.process_time() - self.cpu0
+
+
+def _frames(path: Path, n: int) -> list[np.ndarray]:
+    return [f for _, f in iter_frames(path, 0, n)]
+
+
+def bench_decode(videos: list[Path]) -> dict[str, Any]:
+    n = 0
+    with _Clock() as c:
+        for v in videos:
+            for _ in iter_frames(v, 0, probe(v).n_frames):
+                n += 1
+    info = probe(videos[0])
+    return {
+        "frames": n,
+        "resolution": f"{info.width}x{info.height}",
+        "codec": info.codec,
+        "frames_per_cpu_s": n / c.cpu,
+        "ms_per_frame": 1000 * c.cpu / n,
+    }
+
+
+def bench_faces(face_video: Path, empty_video: Path | None) -> dict[str, Any]:
+    detector = FaceDetector()
+    frames = _frames(face_video, 60)[::6]
+    out: dict[str, Any] = {"detector": "dlib HOG frontal (dlib-bin wheel, no model file)"}
+    with _Clock() as c:
+        found = [detector.detect(f, full=False) for f in frames]
+    out["ms_per_detection"] = 1000 * c.cpu / len(frames)
+    out["found_share"] = sum(b is not None for b in found) / len(frames)
+    out["ms_per_video_s_at_2hz"] = 2 * out["ms_per_detection"]
+    box = next((b for b in found if b is not None), None)
+    if box is not None:
+        with _Clock() as c:
+            for f in frames * 10:
+                skin_mean(f, box)
+        out["skin_mean_ms_per_frame"] = 1000 * c.cpu / (len(frames) * 10)
+    if empty_video is not None:
+        empties = _frames(empty_video, 30)[::10]
+        with _Clock() as c:
+            for f in empties:
+                detector.detect(f, full=True)
+        out["ms_per_failed_full_cascade"] = 1000 * c.cpu / len(empties)
+    return out
+
+
+def bench_estimators(fps: float = 30.0, window_s: float = 10.0) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    t = np.arange(int(fps * window_s)) / fps
+    pulse = np.sin(2 * np.pi * 2.3 * t)
+    rgb = np.array([180.0, 120.0, 100.0]) * (1 + 0.01 * np.outer(pulse, [0.33, 0.77, 0.53]))
+    rgb += rng.normal(0, 0.2, rgb.shape)
+    out = {}
+    for name in sorted(ESTIMATORS):
+        est = make_estimator(name, Band.for_population("neonate"))
+        reps = 50
+        with _Clock() as c:
+            for _ in range(reps):
+                est.estimate(rgb, fps)
+        ms = 1000 * c.cpu / reps
+        out[name] = {"ms_per_window": ms, "window_s": window_s}
+    return out
+
+
+def bench_end_to_end(archive: Path, workers: int) -> dict[str, Any]:
+    """Process the archive from scratch, once in one process (CPU-timed) and once on the pool."""
+    out: dict[str, Any] = {}
+    manifest_path = archive / "manifest.csv"
+    manifest = load_manifest(manifest_path) if manifest_path.is_file() else None
+    opts = ProcessingOptions()
+    for label, n in (("one_process", 1), ("pool", workers)):
+        with tempfile.TemporaryDirectory() as tmp:
+            url = f"sqlite:///{Path(tmp) / 'bench.sqlite'}"
+            engine = make_engine(url)
+            upgrade(engine)
+            with session_scope(engine) as s:
+                reg = register_archive(s, archive, manifest)
+                plan = plan_job(s, str(archive), reg.all_ids, opts, "local")
+            with _Clock() as c:
+                done = list(run_segments(url, plan.segment_ids, n))
+            video_s = sum(o.video_s for o in done)
+            entry = {"workers": n, "video_s": video_s, "wall_s": c.wall}
+            entry["video_s_per_wall_s"] = video_s / c.wall
+            if n == 1:
+                entry["cpu_s"] = c.cpu
+                entry["video_s_per_cpu_s"] = video_s / c.cpu
+            out[label] = entry
+            engine.dispose()
+    out["estimators"] = list(opts.estimators)
+    return out
+
+
+def run_bench(archive: Path | None, workers: int) -> dict[str, Any]:
+    """All measurements, on `archive` or on a freshly written small demo archive."""
+    init_process()
+    with tempfile.TemporaryDirectory() as tmp:
+        if archive is None:
+            from nbhr.demo import write_demo_archive
+
+            archive = Path(tmp) / "demo"
+            write_demo_archive(archive, subjects=2, seconds=30.0, seed=1, recordings_per_subject=1)
+        videos = find_videos(archive)
+        with_face, without = _split_by_face(videos)
+        if not with_face:
+            raise ValueError(f"no video under {archive} shows a face in its first frame")
+        result = {
+            "machine": {
+                "cpus": os.cpu_count(),
+                "processor": platform.processor() or platform.machine(),
+                "opencv": cv2.__version__,
+            },
+            "archive": {"path": str(archive), "videos": len(videos)},
+            "decode": bench_decode(videos),
+            "faces": bench_faces(with_face[0], without[0] if without else None),
+            "estimators": bench_estimators(),
+            "end_to_end": bench_end_to_end(archive, workers),
+        }
+    return result
+
+
+def _split_by_face(videos: list[Path]) -> tuple[list[Path], list[Path]]:
+    """Videos whose first frame shows a face, and those whose first frame does not."""
+    detector = FaceDetector()
+    with_face, without = [], []
+    for v in videos:
+        frame = _frames(v, 1)[0]
+        (with_face if detector.detect(frame) is not None else without).append(v)
+    return with_face, without
