@@ -30,12 +30,22 @@ def _clean(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else round(float(x), 3)
 
 
+def _median(values: list[float]) -> float | None:
+    return float(np.median(values)) if values else None
+
+
 def _summarise(rows: list[WindowRow]) -> dict[str, Any]:
-    """HR summary of a group of windows (one recording or one subject, one estimator)."""
+    """HR summary of one recording's windows (one estimator).
+
+    hr_bpm is the robust aggregate (quality-weighted median) of the usable windows and
+    ref_hr_bpm the median reference over those same windows, so the two compare like with
+    like; with no usable window, the reference is the median over all windows.
+    """
     valid = [w for w in rows if _valid(w)]
     hr = np.array([w.hr_bpm for w in valid], dtype=float)
     q = np.array([w.quality if w.quality is not None else np.nan for w in valid], dtype=float)
-    refs = np.array([w.ref_hr_bpm for w in rows if w.ref_hr_bpm is not None], dtype=float)
+    paired = [w.ref_hr_bpm for w in valid if w.ref_hr_bpm is not None]
+    every = [w.ref_hr_bpm for w in rows if w.ref_hr_bpm is not None]
     return {
         "n_windows": len(rows),
         "n_valid": len(valid),
@@ -45,8 +55,24 @@ def _summarise(rows: list[WindowRow]) -> dict[str, Any]:
         "hr_min_bpm": _clean(float(hr.min())) if len(hr) else None,
         "hr_max_bpm": _clean(float(hr.max())) if len(hr) else None,
         "quality_median": _clean(float(np.nanmedian(q))) if np.isfinite(q).any() else None,
-        "ref_hr_bpm": _clean(float(refs.mean())) if len(refs) else None,
+        "ref_hr_bpm": _clean(_median(paired) if paired else _median(every)),
     }
+
+
+def _summarise_subject(rows: list[WindowRow]) -> dict[str, Any]:
+    """HR summary of one subject (one estimator): the mean over its recordings' aggregates,
+    against the mean of the same recordings' references (recordings without an estimate
+    count toward coverage only)."""
+    by_rec: dict[int, list[WindowRow]] = defaultdict(list)
+    for w in rows:
+        by_rec[w.recording_id].append(w)
+    recs = [_summarise(r) for r in by_rec.values()]
+    est = [r for r in recs if r["hr_bpm"] is not None]
+    refs = [r["ref_hr_bpm"] for r in (est or recs) if r["ref_hr_bpm"] is not None]
+    out = _summarise(rows)
+    out["hr_bpm"] = _clean(float(np.mean([r["hr_bpm"] for r in est]))) if est else None
+    out["ref_hr_bpm"] = _clean(float(np.mean(refs))) if refs else None
+    return out
 
 
 def _group(rows: list[WindowRow], level: str) -> dict[tuple, list[WindowRow]]:
@@ -97,7 +123,8 @@ def results(
                 "n_recordings": len({w.recording_id for w in group}),
             }
         )
-        out.append(head | _summarise(group))
+        summary = _summarise(group) if level == "recording" else _summarise_subject(group)
+        out.append(head | summary)
     return out
 
 
@@ -111,7 +138,7 @@ def _pairs(rows: list[WindowRow], level: str) -> tuple[list[tuple[str, float, fl
     pts = []
     n_ref = 0
     for key, group in _group(rows, level).items():
-        s = _summarise(group)
+        s = _summarise(group) if level == "recording" else _summarise_subject(group)
         if s["ref_hr_bpm"] is None:
             continue
         n_ref += 1
