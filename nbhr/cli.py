@@ -303,8 +303,16 @@ def run(
             if show
             else _plain(stream) as bar
         ):
-            for outcome in bar:
-                outcomes.append(outcome)
+            try:
+                for outcome in bar:
+                    outcomes.append(outcome)
+            except KeyboardInterrupt:
+                click.echo(
+                    f"\ninterrupted after {len(outcomes)} of {len(plan.segment_ids)} segments; "
+                    "run the same command again to resume",
+                    err=True,
+                )
+                sys.exit(130)
         _finish_job(engine, plan.job_id)
     with session_scope(engine) as s:
         from db import queries

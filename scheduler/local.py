@@ -7,7 +7,7 @@ same `process_segment` that the Celery task calls.
 from __future__ import annotations
 
 import multiprocessing as mp
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
 from db.engine import engine_for
@@ -31,7 +31,6 @@ def run_segments(
     db_url: str,
     segment_ids: list[int],
     workers: int = 1,
-    on_done: Callable[[SegmentOutcome], None] | None = None,
 ) -> Iterator[SegmentOutcome]:
     """Run segments on `workers` processes (in this process when workers == 1), yielding
     each outcome as it finishes."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -79,7 +80,7 @@ def extract_trace(
     stop: int,
     roi: str,
     fps: float,
-    renew: callable | None = None,  # type: ignore[valid-type]
+    renew: Callable[[], None] | None = None,
 ) -> Trace:
     """Decode frames [start, stop) once and reduce each to its mean ROI colour."""
     rgb: list[np.ndarray] = []
