@@ -85,8 +85,8 @@ def load_manifest(path: Path) -> dict[str, str]:
                 mapping[Path(rec).as_posix()] = subj
                 mapping.setdefault(Path(rec).name, subj)
             return mapping
-    except OSError as exc:
-        raise ManifestError(f"cannot read manifest {path}: {exc.strerror or exc}") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ManifestError(f"cannot read manifest {path}: {exc}") from None
 
 
 def subject_from_path(video: Path, root: Path) -> str:

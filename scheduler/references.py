@@ -58,6 +58,13 @@ def _float(text: str, where: str) -> float:
 
 def load_reference_table(path: Path) -> ReferenceTable:
     """Parse a reference table; raise ReferenceFileError for a missing column or bad number."""
+    try:
+        return _read_reference_table(path)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ReferenceFileError(f"cannot read reference table {path}: {exc}") from None
+
+
+def _read_reference_table(path: Path) -> ReferenceTable:
     with path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         cols = set(reader.fieldnames or [])

@@ -115,3 +115,10 @@ def test_implausible_oximeter_values_are_ignored() -> None:
 
     hr = ReferenceSeries("hr", np.r_[np.zeros(60), np.full(540, 140.0)], "x", sample_rate_hz=60)
     assert reference_hr({"hr": hr}, 0.0, 10.0) == pytest.approx(140.0)
+
+
+def test_reference_table_that_is_not_text(tmp_path: Path) -> None:
+    t = tmp_path / "t.csv"
+    t.write_bytes(b"\xff\xfe\x00binary\x00")
+    with pytest.raises(ReferenceFileError, match="cannot read reference table"):
+        load_reference_table(t)
