@@ -1,0 +1,49 @@
+"""NBHRnet input: face crops and 30-fps windows cut by timestamp."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from worker.crops import WINDOW_FRAMES, face_crop, resample_indices, windows_of
+from worker.faces import Box
+
+
+def test_face_crop_is_square_rgb_and_centred() -> None:
+    frame = np.zeros((480, 640, 3), np.uint8)
+    frame[200:280, 300:380] = (255, 0, 0)  # a blue square in BGR
+    crop = face_crop(frame, Box(300, 200, 80, 80))
+    assert crop.shape == (128, 128, 3) and crop.dtype == np.uint8
+    centre = crop[64, 64]
+    assert tuple(centre) == (0, 0, 255)  # RGB now: blue is the last channel
+    # 1.3x the box: the square fills the middle 128/1.3 = 98 px, black around it.
+    assert tuple(crop[5, 5]) == (0, 0, 0)
+
+
+def test_face_crop_at_the_frame_edge_keeps_scale() -> None:
+    frame = np.full((480, 640, 3), 100, np.uint8)
+    crop = face_crop(frame, Box(-30, -30, 100, 100))
+    assert crop.shape == (128, 128, 3) and (crop == 100).all()
+
+
+@pytest.mark.parametrize(
+    ("fps_in", "n_in", "n_out"), [(30, 90, 90), (25, 50, 60), (60, 120, 60), (15, 30, 60)]
+)
+def test_resample_by_timestamp(fps_in: float, n_in: int, n_out: int) -> None:
+    idx = resample_indices(n_in, fps_in)
+    assert len(idx) == n_out
+    t_err = np.abs(idx / fps_in - np.arange(n_out) / 30.0)
+    assert t_err.max() <= 0.5 / fps_in + 1e-9
+    assert (np.diff(idx) >= 0).all() and idx[-1] < n_in
+
+
+def test_windows_skip_faceless_and_hold_one_window() -> None:
+    n = 200
+    crops = [np.full((128, 128, 3), i % 256, np.uint8) if i != 130 else None for i in range(n)]
+    out = list(windows_of(iter(crops), 30.0, n))
+    assert [k for k, _ in out] == [0, 1, 2]
+    assert out[0][1].shape == (WINDOW_FRAMES, 128, 128, 3) and out[0][1][0, 0, 0, 0] == 0
+    assert out[1][1][0, 0, 0, 0] == 60
+    assert out[2][1] is None  # frame 130 had no face
+    half = list(windows_of(iter(crops), 30.0, n, hop=30))
+    assert [k for k, _ in half] == list(range(5))

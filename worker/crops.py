@@ -1,0 +1,76 @@
+"""Face crops for NBHRnet: square 128x128 RGB crops, resampled to 30 fps by timestamp.
+
+The workers and the training data loaders both cut windows with these functions, so a model
+never sees crops made differently from the ones it was trained on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import cv2
+import numpy as np
+
+from worker.faces import Box
+
+CROP_SIZE = 128
+MODEL_FPS = 30.0
+WINDOW_FRAMES = 60
+# The detector's box runs from the brows to the chin; widen it so forehead and cheeks are in.
+CROP_SCALE = 1.3
+
+
+def face_crop(frame_bgr: np.ndarray, box: Box, size: int = CROP_SIZE) -> np.ndarray:
+    """Square crop around a face, resized: uint8 (size, size, 3), RGB.
+
+    The square is CROP_SCALE times the larger box side, centred on the box; parts outside the
+    frame are filled by replicating the border (so a face at the edge keeps its scale).
+    """
+    side = CROP_SCALE * max(box.w, box.h)
+    half = side / 2
+    # An affine map crops, pads and resizes in one pass, with sub-pixel placement.
+    scale = size / side
+    m = np.array([[scale, 0.0, -(box.cx - half) * scale], [0.0, scale, -(box.cy - half) * scale]])
+    crop = cv2.warpAffine(
+        frame_bgr, m, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE
+    )
+    return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
+
+
+def resample_indices(n_in: int, fps_in: float, fps_out: float = MODEL_FPS) -> np.ndarray:
+    """For each output sample at fps_out, the index of the nearest input frame at fps_in.
+
+    A 25-fps recording gives each 30-fps slot the frame closest in time (some repeat); a
+    60-fps one drops every other frame. Returns int array (n_out,), n_out = floor of the
+    input's duration times fps_out.
+    """
+    n_out = int(np.floor(n_in / fps_in * fps_out + 1e-9))
+    t_out = np.arange(n_out) / fps_out
+    return np.minimum(np.rint(t_out * fps_in).astype(int), n_in - 1)
+
+
+def windows_of(
+    crops: Iterable[np.ndarray | None], fps_in: float, n_in: int, hop: int = WINDOW_FRAMES
+) -> Iterator[tuple[int, np.ndarray | None]]:
+    """Cut a stream of per-frame crops (None where no face) into NBHRnet windows.
+
+    crops: n_in items in frame order, each uint8 (128, 128, 3) RGB or None.
+    Yields (k, window) for the window starting at output sample k*hop: uint8
+    (WINDOW_FRAMES, 128, 128, 3), or None when any of its frames has no face.
+    Only full windows are yielded; memory holds one window, never the whole video.
+    """
+    if not 0 < hop <= WINDOW_FRAMES:
+        raise ValueError(f"hop must be 1..{WINDOW_FRAMES} output frames, got {hop}")
+    pick = resample_indices(n_in, fps_in)
+    buf: list[np.ndarray | None] = []
+    k = 0
+    want = 0  # next output sample to fill
+    for i, crop in enumerate(crops):
+        while want < len(pick) and pick[want] == i:
+            buf.append(crop)
+            want += 1
+            if len(buf) == WINDOW_FRAMES:
+                usable = all(c is not None for c in buf)
+                yield k, np.stack(buf) if usable else None
+                k += 1
+                buf = buf[hop:]
