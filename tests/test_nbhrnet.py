@@ -1,0 +1,149 @@
+"""NBHRnet: shapes, size and cost against the paper, ONNX export run by the torch-free runner."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from model.nbhrnet import NBHRNetRunner, normalise_window
+from training.export import export_onnx
+from training.nbhrnet import (
+    FRAMES,
+    NBHRNet,
+    analytic_parameter_count,
+    conv_flops_per_frame,
+    encoder_parameter_count,
+    hr_head_parameter_count,
+    ppg_head_parameter_count,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 128
+
+
+def windows(n: int, seed: int) -> torch.Tensor:
+    """n random normalised windows, float32 (n, 60, 3, 128, 128)."""
+    return torch.randn(n, FRAMES, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def trained_like() -> NBHRNet:
+    """An eval-mode NBHRNet whose every layer does something an export could get wrong.
+
+    A fresh model has BatchNorm at identity statistics and PReLU slopes of zero, and its two
+    ReLU outputs can be all zeros, so a broken export of those layers would still compare equal.
+    Random running statistics, affine BN parameters and slopes (cheaper and further from
+    identity than a few train-mode passes at BN momentum 0.01) exercise them, and positive
+    output biases keep the PPG and HR ReLUs open (checked below).
+    """
+    torch.manual_seed(0)
+    model = NBHRNet()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5, generator=gen)
+                module.running_var.uniform_(0.5, 2.0, generator=gen)
+                module.weight.uniform_(0.5, 1.5, generator=gen)
+                module.bias.uniform_(-0.2, 0.2, generator=gen)
+            elif isinstance(module, nn.PReLU):
+                module.weight.uniform_(0.0, 0.3, generator=gen)
+        model.head.ppg.conv.bias.fill_(2.0)
+        # A neonatal heart rate, well clear of the ReLU at 0.
+        model.head.hr.out.bias.fill_(140.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def onnx_path(trained_like: NBHRNet, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("nbhrnet") / "nbhrnet.onnx"
+    export_onnx(trained_like, path)
+    return path
+
+
+def test_output_shapes() -> None:
+    torch.manual_seed(0)
+    model = NBHRNet().eval()
+    with torch.no_grad():
+        ppg, hr = model(windows(2, seed=0))
+    assert ppg.shape == (2, FRAMES)
+    assert hr.shape == (2,)
+    assert ppg.dtype == hr.dtype == torch.float32
+    with torch.no_grad():
+        feats = model.encoder(torch.zeros(5, 3, SIZE, SIZE))
+        head_ppg, head_hr = model.head(torch.zeros(2, FRAMES, 256))
+    assert feats.shape == (5, 256)
+    assert head_ppg.shape == (2, FRAMES) and head_hr.shape == (2,)
+
+
+def test_parameter_count_matches_formula_and_paper() -> None:
+    model = NBHRNet()
+    assert sum(p.numel() for p in model.encoder.parameters()) == encoder_parameter_count()
+    assert sum(p.numel() for p in model.head.ppg.parameters()) == ppg_head_parameter_count()
+    assert sum(p.numel() for p in model.head.hr.parameters()) == hr_head_parameter_count()
+    total = sum(p.numel() for p in model.parameters())
+    assert total == analytic_parameter_count()
+    # The paper: about 1.6 M parameters.
+    assert 1.4e6 <= total <= 1.8e6
+
+
+def test_conv_cost_matches_paper() -> None:
+    # The issue quotes about 28.9 GFLOP of convolutions per 60-frame window, 0.48 GFLOP per frame;
+    # counting each conv at its output size gives 481,296,384 FLOPs (2 x 240.6 M multiply-adds).
+    flops = conv_flops_per_frame()
+    assert flops == pytest.approx(0.48e9, rel=0.1)
+    assert flops * FRAMES == pytest.approx(28.9e9, rel=0.01)
+
+
+def test_l2_penalty_is_on_first_dense_kernel() -> None:
+    model = NBHRNet()
+    with torch.no_grad():
+        model.head.hr.dense.weight.fill_(0.5)
+    expected = 1e-3 * 0.25 * model.head.hr.dense.weight.numel()
+    assert model.l2_penalty().item() == pytest.approx(expected)
+
+
+def test_onnx_export_matches_torch_at_any_batch(trained_like: NBHRNet, onnx_path: Path) -> None:
+    runner = NBHRNetRunner(onnx_path, threads=2)
+    assert runner._session is None  # lazy: nothing opened before the first prediction
+    x = windows(3, seed=2)
+    with torch.no_grad():
+        ppg_torch, hr_torch = trained_like(x)
+    # The premise of the comparison: both ReLU outputs are open, not clamped at zero.
+    assert (ppg_torch > 0).all() and (hr_torch > 100).all()
+    for batch_size, n in ((1, 1), (3, 3), (2, 3)):
+        hr, ppg = runner.predict(x[:n].numpy(), batch_size=batch_size)
+        assert hr.shape == (n,) and ppg.shape == (n, FRAMES)
+        np.testing.assert_allclose(hr, hr_torch[:n].numpy(), rtol=0, atol=0.01)
+        np.testing.assert_allclose(ppg, ppg_torch[:n].numpy(), rtol=0, atol=1e-4)
+    assert len(runner.sha256) == 64
+
+
+def test_runner_rejects_wrong_window_shape(onnx_path: Path) -> None:
+    with pytest.raises(ValueError, match="windows must be"):
+        NBHRNetRunner(onnx_path).predict(np.zeros((1, 30, 3, SIZE, SIZE), np.float32))
+
+
+def test_normalise_window_zscores_each_channel() -> None:
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, size=(FRAMES, SIZE, SIZE, 3), dtype=np.uint8)
+    frames[..., 2] = 77  # a flat channel: zeros, not a division by zero
+    x = normalise_window(frames)
+    assert x.shape == (FRAMES, 3, SIZE, SIZE) and x.dtype == np.float32
+    per_channel = x.transpose(1, 0, 2, 3).reshape(3, -1)
+    np.testing.assert_allclose(per_channel[:2].mean(axis=1), 0.0, atol=1e-5)
+    np.testing.assert_allclose(per_channel[:2].std(axis=1), 1.0, atol=1e-5)
+    assert not per_channel[2].any()
+
+
+def test_inference_module_does_not_import_torch() -> None:
+    code = (
+        "import sys, model.nbhrnet; "
+        "assert 'torch' not in sys.modules, 'torch imported'; "
+        "assert 'onnxruntime' not in sys.modules, 'onnxruntime imported at import time'"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
