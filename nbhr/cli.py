@@ -17,6 +17,8 @@ from sqlalchemy.exc import OperationalError
 
 from db.engine import DatabaseError, check_connection, default_url, make_engine, session_scope
 from db.migrate import upgrade
+from training.cli import export_onnx as export_onnx_command
+from training.cli import train as train_command
 
 DB_OPTION = click.option(
     "--db",
@@ -534,6 +536,12 @@ def db_upgrade(db_url: str) -> None:
     engine = open_db(db_url, migrate=False)
     head = upgrade(engine)
     click.echo(f"{mask_url(db_url)} is at schema revision {head}")
+
+
+# --- training (torch is imported only when these run) ------------------------------------
+
+main.add_command(train_command)
+main.add_command(export_onnx_command)
 
 
 # --- bench ---------------------------------------------------------------------------------

@@ -1,0 +1,141 @@
+"""`nbhr train` and `nbhr export-onnx`. Torch and the training modules are imported inside the
+commands, so that the rest of the command line runs where torch is not installed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import click
+
+FORMATS = ("nbhr", "ubfc", "synthetic", "db")
+# training.train.Stage, spelled out here because importing it would import torch.
+STAGES = ("ppg", "hr", "fusion", "all")
+
+
+def _require_training_deps() -> None:
+    try:
+        import onnx  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError:
+        raise click.ClickException(
+            'training needs torch and onnx: pip install -e ".[train]"'
+        ) from None
+
+
+def _source_windows(fmt: str, data: str, seed: int) -> Iterable[Any]:
+    """The windows of one data source, as training.data yields them."""
+    from training import data as d
+
+    if fmt == "nbhr":
+        return d.nbhr_windows(Path(data))
+    if fmt == "ubfc":
+        return d.ubfc_windows(Path(data))
+    if fmt == "db":
+        return d.db_windows(data)
+    return d.synthetic_windows(Path(data), seed=seed)
+
+
+@click.command("train")
+@click.option(
+    "--data",
+    required=True,
+    help="Dataset root (nbhr, ubfc), database URL (db), or the directory to write the synthetic"
+    " archive into (synthetic).",
+)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True, help="Data source.")
+@click.option("--stage", type=click.Choice(STAGES), default="all", show_default=True)
+@click.option("--epochs", type=int, default=50, show_default=True, help="Epochs per stage.")
+@click.option("--batch", type=int, default=12, show_default=True, help="Windows per step.")
+@click.option(
+    "--out",
+    "run_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs/nbhrnet"),
+    show_default=True,
+    help="Run directory: config, metrics, checkpoints.",
+)
+@click.option("--resume", is_flag=True, help="Continue from RUN_DIR/checkpoint.pt.")
+@click.option("--val-fraction", type=float, default=0.2, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's).")
+@click.option(
+    "--cache",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Window cache, reused when present (default RUN_DIR/cache).",
+)
+@click.option(
+    "--init",
+    "init_from",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Start from this checkpoint's weights (e.g. a ppg run's best.pt).",
+)
+def train(
+    data: str,
+    fmt: str,
+    stage: str,
+    epochs: int,
+    batch: int,
+    run_dir: Path,
+    resume: bool,
+    val_fraction: float,
+    seed: int,
+    threads: int | None,
+    cache: Path | None,
+    init_from: Path | None,
+) -> None:
+    """Train NBHRnet on windows from one data source, split by subject."""
+    _require_training_deps()
+    from training.data import WindowCache, subject_split
+    from training.train import TrainConfig
+    from training.train import train as run_training
+
+    cache = cache or run_dir / "cache"
+    try:
+        windows = WindowCache.open(cache)
+    except FileNotFoundError:  # none yet, or an unfinished write: (re)build it
+        windows = WindowCache.write(cache, _source_windows(fmt, data, seed))
+    try:
+        train_set, val_set = subject_split(windows, val_fraction=val_fraction, seed=seed)
+    except ValueError as exc:
+        raise click.ClickException(f"{cache}: {exc}") from None
+    click.echo(
+        f"{len(train_set)} training and {len(val_set)} validation windows (cache {cache})",
+        err=True,
+    )
+    cfg = TrainConfig(
+        stage=stage,
+        epochs=epochs,
+        batch=batch,
+        seed=seed,
+        threads=threads,
+        frames=train_set[0].frames.shape[0],
+        init_from=str(init_from) if init_from else None,
+    )
+    try:
+        result = run_training(cfg, train_set, val_set, run_dir, resume=resume)
+    except (ValueError, FileExistsError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps({"run_dir": str(run_dir), "steps": result["steps"], **result["metrics"]}))
+
+
+@click.command("export-onnx")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="ONNX file."
+)
+def export_onnx(checkpoint: Path, out: Path) -> None:
+    """Export a training checkpoint (checkpoint.pt or best.pt) to ONNX; prints its SHA-256."""
+    _require_training_deps()
+    from training.export import export_onnx as export
+    from training.train import load_checkpoint
+
+    model = load_checkpoint(checkpoint)
+    export(model, out, frames=model.frames)
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    click.echo(f"{out} sha256 {digest}")
