@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from click.testing import CliRunner
 
 from model.nbhrnet import NBHRNetRunner, normalise_window
 from training import cli
+from training.data import Window
 from training.train import (
     BEST,
     CHECKPOINT,
@@ -33,18 +33,6 @@ FPS = 30.0
 THREADS = 2
 # Above the reference's 1e-4 so that a few dozen steps show learning.
 LR = 3e-3
-
-
-@dataclass(frozen=True)
-class Window:
-    """The fields of training.data.Window that the trainer reads."""
-
-    subject: str
-    recording: str
-    t_start: float
-    frames: np.ndarray
-    ppg: np.ndarray
-    hr_bpm: float
 
 
 def make_windows(n: int, seed: int, hr_spread: float = 0.0, frames: int = FRAMES) -> list[Window]:
