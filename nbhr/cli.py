@@ -143,20 +143,23 @@ def _options_from_cli(
     window_s: float,
     hop_s: float,
     segment_s: float,
+    model: Path | None = None,
 ):
     from model.bands import Band
     from model.classical import ESTIMATORS
+    from model.nbhrnet import NBHRNetRunner
     from worker.faces import Box
-    from worker.options import CLASSICAL, ProcessingOptions
+    from worker.options import CLASSICAL, NBHRNET, ProcessingOptions
 
     try:
         band = Band.parse(hr_range) if hr_range else Band.for_population(population)
         if roi not in ("face", "full"):
             Box.parse(roi)
-        unknown = [e for e in estimators if e not in ESTIMATORS]
+        unknown = [e for e in estimators if e not in ESTIMATORS and e != NBHRNET]
         if unknown:
             raise ValueError(
-                f"unknown estimator {unknown[0]!r}; available: {', '.join(sorted(ESTIMATORS))}"
+                f"unknown estimator {unknown[0]!r}; available: "
+                f"{', '.join(sorted([*ESTIMATORS, NBHRNET]))}"
             )
         opts = ProcessingOptions(
             estimators=tuple(dict.fromkeys(estimators)) or CLASSICAL,
@@ -167,6 +170,8 @@ def _options_from_cli(
             window_s=window_s,
             hop_s=hop_s,
             segment_s=segment_s,
+            model_path=str(model.resolve()) if model else None,
+            model_sha256=NBHRNetRunner(model).sha256 if model else None,
         )
         opts.validate()
     except ValueError as exc:
@@ -190,7 +195,8 @@ def _options_from_cli(
     "--estimator",
     "estimators",
     multiple=True,
-    help="pos, chrom or green; repeat for several (default: all three).",
+    help="pos, chrom, green, pbvn or nbhrnet; repeat for several (default: the four "
+    "classical ones).",
 )
 @click.option(
     "--roi",
@@ -238,6 +244,12 @@ def _options_from_cli(
     type=float,
     help="Video seconds per unit of work.",
 )
+@click.option(
+    "--model",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="NBHR_MODEL",
+    help="NBHRnet ONNX file (from `nbhr export-onnx`) for --estimator nbhrnet.",
+)
 @click.option("--retry-failed", is_flag=True, help="Run failed segments again.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary, no progress bar.")
 @friendly_errors
@@ -255,6 +267,7 @@ def run(
     window_s: float,
     hop_s: float,
     segment_s: float,
+    model: Path | None,
     retry_failed: bool,
     as_json: bool,
 ) -> None:
@@ -265,7 +278,9 @@ def run(
     from scheduler.plan import plan_job
     from scheduler.references import ReferenceFileError, load_reference_table
 
-    opts = _options_from_cli(estimators, roi, population, hr_range, window_s, hop_s, segment_s)
+    opts = _options_from_cli(
+        estimators, roi, population, hr_range, window_s, hop_s, segment_s, model
+    )
     try:
         manifest = manifest or (directory / "manifest.csv")
         mapping = load_manifest(manifest) if manifest.is_file() else None

@@ -75,13 +75,13 @@ def plan_job(
             continue  # failed at probe: nothing to run until the file changes
         existing = queries.segments_of(session, rec.id, key)
         if not existing:
-            grid = WindowGrid.for_video(rec.fps, rec.n_frames, opts)
+            grid = WindowGrid.for_video(rec.fps, rec.n_frames, opts, opts.plan_window_s)
             spans = grid.segments(opts.segment_s, opts.hop_s)
             if not spans:
                 rec.status = RecordingState.failed
                 rec.error = (
                     f"video is {rec.duration_s:.1f} s long, shorter than one "
-                    f"{opts.window_s:g}-s window"
+                    f"{opts.plan_window_s:g}-s window"
                 )
                 continue
             new_segments += [(rec, a, b) for a, b in spans]

@@ -14,6 +14,8 @@ from typing import Any
 from model.bands import Band
 
 CLASSICAL = ("pos", "chrom", "green", "pbvn")
+NBHRNET = "nbhrnet"
+NBHRNET_WINDOW_S = 2.0  # 60 frames at 30 fps
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,21 @@ class ProcessingOptions:
     window_s: float = 10.0
     hop_s: float = 2.0
     segment_s: float = 60.0
+    # NBHRnet (estimator "nbhrnet"): the ONNX file and its SHA-256, which names the model version
+    # in every window it writes.
+    model_path: str | None = None
+    model_sha256: str | None = None
+
+    @property
+    def model_key(self) -> str:
+        """How windows name the model that made them: the first 16 hex digits of its SHA-256."""
+        return (self.model_sha256 or "")[:16]
+
+    @property
+    def plan_window_s(self) -> float:
+        """The shortest window any requested estimator uses; segments are planned on its grid
+        so that no estimator loses windows at the end of a recording."""
+        return min(self.window_s, NBHRNET_WINDOW_S) if NBHRNET in self.estimators else self.window_s
 
     @property
     def band(self) -> Band:
@@ -61,6 +78,13 @@ class ProcessingOptions:
         """Raise ValueError (readable) for inconsistent options."""
         if not self.estimators:
             raise ValueError("at least one estimator is needed")
+        if NBHRNET in self.estimators and not self.model_path:
+            raise ValueError(
+                "--estimator nbhrnet needs --model FILE.onnx (no trained default model ships "
+                "yet: train one with `nbhr train` and export it with `nbhr export-onnx`)"
+            )
+        if self.model_path and NBHRNET not in self.estimators:
+            raise ValueError("--model is only used by --estimator nbhrnet")
         if self.window_s <= 0 or self.hop_s <= 0 or self.segment_s <= 0:
             raise ValueError("--window-s, --hop-s and --segment-s must be positive")
         if self.hop_s > self.window_s:
@@ -83,11 +107,13 @@ class WindowGrid:
     hop: int
 
     @classmethod
-    def for_video(cls, fps: float, n_frames: int, opts: ProcessingOptions) -> WindowGrid:
+    def for_video(
+        cls, fps: float, n_frames: int, opts: ProcessingOptions, window_s: float | None = None
+    ) -> WindowGrid:
         return cls(
             fps=fps,
             n_frames=n_frames,
-            win=max(2, round(opts.window_s * fps)),
+            win=max(2, round((window_s or opts.window_s) * fps)),
             hop=max(1, round(opts.hop_s * fps)),
         )
 

@@ -24,9 +24,12 @@ from db import queries
 from db.engine import session_scope
 from db.models import SegmentState
 from model.classical import make_estimator
+from model.nbhrnet import NBHRNetRunner, normalise_window
 from model.reference import reference_hr
+from model.spectrum import spectral_hr
+from worker.crops import CROP_SIZE, MODEL_FPS, WINDOW_FRAMES, face_crop, windows_of
 from worker.faces import Box, FaceDetector, FaceTracker, region_mean, skin_mean
-from worker.options import ProcessingOptions, WindowGrid
+from worker.options import NBHRNET, ProcessingOptions, WindowGrid
 from worker.video import VideoError, iter_frames
 
 LEASE_S = 600.0
@@ -49,6 +52,27 @@ def init_process() -> None:
 def face_detector() -> FaceDetector:
     """One detector per process, created on first use (never at import time)."""
     return FaceDetector()
+
+
+@lru_cache(maxsize=4)
+def nbhrnet_runner(path: str, sha256: str) -> NBHRNetRunner:
+    """One onnxruntime model per file and process, opened on first use."""
+    runner = NBHRNetRunner(Path(path), threads=1)
+    if runner.sha256 != sha256:
+        raise ValueError(f"model file {path} changed since the job was planned (SHA-256 differs)")
+    return runner
+
+
+def _crop(frame: np.ndarray, box: Box | None, found: bool, roi: str) -> np.ndarray | None:
+    if roi == "face":
+        return face_crop(frame, box) if found and box is not None else None
+    if box is not None:  # a fixed box: the region itself, squashed to the model's input
+        x0, y0 = int(max(0, box.x)), int(max(0, box.y))
+        frame = frame[y0 : int(box.y + box.h), x0 : int(box.x + box.w)]
+        if frame.size == 0:
+            return None
+    small = cv2.resize(frame, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
 
 
 @dataclass(frozen=True)
@@ -81,8 +105,13 @@ def extract_trace(
     roi: str,
     fps: float,
     renew: Callable[[], None] | None = None,
+    crops: list[np.ndarray | None] | None = None,
 ) -> Trace:
-    """Decode frames [start, stop) once and reduce each to its mean ROI colour."""
+    """Decode frames [start, stop) once and reduce each to its mean ROI colour.
+
+    crops: when a list is given, each frame's 128x128 RGB crop for NBHRnet is appended to it
+    (None where there is no face), from the same decode and the same boxes.
+    """
     rgb: list[np.ndarray] = []
     face: list[bool] = []
     last_renew = time.monotonic()
@@ -93,6 +122,8 @@ def extract_trace(
         else:
             rgb.append(region_mean(frame, box))
         face.append(found)
+        if crops is not None:
+            crops.append(_crop(frame, box, found, roi))
 
     fixed = None if roi in ("face", "full") else Box.parse(roi)
     tracker = FaceTracker(face_detector(), fps) if roi == "face" else None
@@ -153,16 +184,20 @@ def _compute_windows(
     engine: Engine, seg: queries.ClaimedSegment, worker: str
 ) -> tuple[list[dict], float, str | None]:
     opts = ProcessingOptions.from_json(seg.options)
-    grid = WindowGrid.for_video(seg.fps, seg.n_frames, opts)
-    k0, k1 = grid.index_at(seg.t_start), grid.index_at(seg.t_end)
-    first, _ = grid.frames(k0)
-    _, stop = grid.frames(k1 - 1)
+    plan = WindowGrid.for_video(seg.fps, seg.n_frames, opts, opts.plan_window_s)
+    grid = WindowGrid.for_video(seg.fps, seg.n_frames, opts)  # the classical windows
+    k0, k1 = plan.index_at(seg.t_start), plan.index_at(seg.t_end)
+    first, _ = plan.frames(k0)
+    classical = [n for n in opts.estimators if n != NBHRNET]
+    last_end = grid.frames(k1 - 1)[1] if classical else plan.frames(k1 - 1)[1]
+    stop = min(seg.n_frames, max(plan.frames(k1 - 1)[1], last_end))
 
     def renew() -> None:
         with session_scope(engine) as s:
             queries.renew_lease(s, seg.segment_id, worker, LEASE_S)
 
-    trace = extract_trace(Path(seg.path), first, stop, opts.roi, seg.fps, renew)
+    crops: list[np.ndarray | None] | None = [] if NBHRNET in opts.estimators else None
+    trace = extract_trace(Path(seg.path), first, stop, opts.roi, seg.fps, renew, crops)
     n_read = len(trace.rgb)
     note = None
     if first + n_read < stop:
@@ -173,9 +208,9 @@ def _compute_windows(
         )
         if n_read == 0:
             raise VideoError(f"no frame could be decoded from {seg.t_start:.1f} s on (truncated?)")
-    estimators = [make_estimator(name, opts.band) for name in opts.estimators]
+    estimators = [make_estimator(n, opts.band) for n in classical]
     rows: list[dict] = []
-    for k in range(k0, k1):
+    for k in range(k0, min(k1, grid.n_windows)):
         a, b = grid.frames(k)
         if b - first > n_read:
             break
@@ -206,5 +241,48 @@ def _compute_windows(
                     "ref_hr_bpm": ref,
                 }
             )
+    if crops is not None:
+        rows += _nbhrnet_rows(seg, opts, crops)
     video_s = n_read / seg.fps
     return rows, video_s, note
+
+
+def _nbhrnet_rows(
+    seg: queries.ClaimedSegment, opts: ProcessingOptions, crops: list[np.ndarray | None]
+) -> list[dict]:
+    """NBHRnet windows (2 s = 60 crops at 30 fps, every 2 s) that start in the segment."""
+    runner = nbhrnet_runner(opts.model_path, opts.model_sha256)
+    t0 = seg.t_start
+    starts, batch, rows = [], [], []
+    for k, window in windows_of(iter(crops), seg.fps, len(crops)):
+        start = t0 + k * WINDOW_FRAMES / MODEL_FPS
+        if start >= seg.t_end - 1e-9:
+            break
+        starts.append((start, window is not None))
+        if window is not None:
+            batch.append(normalise_window(window))
+    hr, ppg = runner.predict(np.stack(batch)) if batch else (np.empty(0), np.empty((0, 0)))
+    i = 0
+    for start, has_face in starts:
+        end = start + WINDOW_FRAMES / MODEL_FPS
+        value, quality = None, None
+        if has_face:
+            value = float(hr[i])
+            quality = float(spectral_hr(ppg[i] - ppg[i].mean(), MODEL_FPS, opts.band).snr_db)
+            i += 1
+        rows.append(
+            {
+                "recording_id": seg.recording_id,
+                "segment_id": seg.segment_id,
+                "estimator": NBHRNET,
+                "model_key": opts.model_key,
+                "t_start": round(start, 6),
+                "t_end": round(end, 6),
+                "hr_bpm": value,
+                "quality": quality if quality is None or np.isfinite(quality) else None,
+                "face_found": has_face if opts.roi == "face" else None,
+                "face_fraction": (1.0 if has_face else 0.0) if opts.roi == "face" else None,
+                "ref_hr_bpm": reference_hr(seg.references, start, end),
+            }
+        )
+    return rows
