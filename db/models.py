@@ -221,3 +221,21 @@ class Window(Base):
     face_fraction: Mapped[float | None] = mapped_column(Float)
     ref_hr_bpm: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Model(Base):
+    """A registered NBHRnet ONNX file: windows name it by `key` (its SHA-256 prefix)."""
+
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    key: Mapped[str] = mapped_column(String(128), unique=True)
+    path: Mapped[str] = mapped_column(Text)
+    input_spec: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    trained_on: Mapped[str | None] = mapped_column(Text)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from db.models import (
     Job,
+    Model,
     Recording,
     RecordingState,
     Reference,
@@ -370,6 +371,7 @@ def window_rows(
     subject: str | None = None,
     recording: str | None = None,
     estimator: str | None = None,
+    model_key: str | None = None,
 ) -> list[WindowRow]:
     """Windows joined with their recording and subject; `recording` matches the path's end
     (so a file name or a relative path both work)."""
@@ -397,6 +399,8 @@ def window_rows(
         q = q.where(or_(Recording.path == recording, Recording.path.like(f"%/{recording}")))
     if estimator is not None:
         q = q.where(Window.estimator == estimator)
+    if model_key is not None:
+        q = q.where(Window.model_key == model_key)
     return [WindowRow(*row) for row in session.execute(q)]
 
 
@@ -429,5 +433,62 @@ def recording_reference_mean(session: Session, recording_id: int) -> float | Non
     return hr.window_mean(float(t[0]), float(t[-1]) + 1e-9)
 
 
-def estimators_present(session: Session) -> list[str]:
-    return list(session.scalars(select(Window.estimator).distinct().order_by(Window.estimator)))
+def estimators_present(session: Session) -> list[tuple[str, str]]:
+    """Every (estimator, model_key) that has windows, sorted."""
+    q = select(Window.estimator, Window.model_key).distinct()
+    return sorted(tuple(r) for r in session.execute(q))
+
+
+# --- model registry ------------------------------------------------------------------------
+
+
+def register_model(
+    session: Session,
+    name: str,
+    version: str,
+    path: str,
+    sha256: str,
+    input_spec: dict[str, Any],
+    trained_on: str | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> Model:
+    """Add a model version; ValueError (readable) if the name:version or the file is taken."""
+    clash = session.scalar(
+        select(Model).where(
+            or_(and_(Model.name == name, Model.version == version), Model.sha256 == sha256)
+        )
+    )
+    if clash is not None:
+        raise ValueError(
+            f"already registered as {clash.name}:{clash.version} ({clash.sha256[:16]})"
+        )
+    model = Model(
+        name=name,
+        version=version,
+        path=path,
+        sha256=sha256,
+        key=sha256[:16],
+        input_spec=input_spec,
+        trained_on=trained_on,
+        metrics=metrics or {},
+    )
+    session.add(model)
+    session.flush()
+    return model
+
+
+def list_models(session: Session) -> list[Model]:
+    return list(session.scalars(select(Model).order_by(Model.name, Model.created_at)))
+
+
+def model_by_ref(session: Session, ref: str) -> Model | None:
+    """A registered model by 'name:version'."""
+    name, sep, version = ref.rpartition(":")
+    if not sep:
+        return None
+    return session.scalar(select(Model).where(Model.name == name, Model.version == version))
+
+
+def model_labels(session: Session) -> dict[str, str]:
+    """model_key -> 'name:version' for every registered model."""
+    return {m.key: f"{m.name}:{m.version}" for m in list_models(session)}

@@ -101,3 +101,29 @@ class NBHRNetRunner:
         if not hr_parts:
             return np.zeros(0, np.float32), np.zeros((0, expected[0]), np.float32)
         return np.concatenate(hr_parts), np.concatenate(ppg_parts)
+
+    def describe(self) -> dict[str, Any]:
+        """The model's input and output spec and its embedded metadata, for the registry.
+
+        Raises ValueError when the file is not an NBHRnet export (wrong input or outputs).
+        """
+        try:
+            session = self._get_session()
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own error types
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"{self.path.name} is not an ONNX model: {reason}") from None
+        inputs = {
+            i.name: [d if isinstance(d, int) else str(d) for d in i.shape]
+            for i in session.get_inputs()
+        }
+        outputs = {
+            o.name: [d if isinstance(d, int) else str(d) for d in o.shape]
+            for o in session.get_outputs()
+        }
+        if list(inputs) != ["frames"] or set(outputs) != {"ppg", "hr"}:
+            raise ValueError(
+                f"{self.path.name} is not an NBHRnet export: inputs {list(inputs)}, "
+                f"outputs {sorted(outputs)} (expected frames -> ppg, hr)"
+            )
+        meta = dict(session.get_modelmeta().custom_metadata_map)
+        return {"inputs": inputs, "outputs": outputs, "metadata": meta}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -95,6 +96,11 @@ def results(
 ) -> list[dict[str, Any]]:
     """Rows for `nbhr results`: one per window, per recording or per subject (and estimator)."""
     rows = queries.window_rows(session, subject, recording, estimator)
+    labels = queries.model_labels(session)
+    rows = [
+        r if not r.model_key else replace(r, model_key=labels.get(r.model_key, r.model_key))
+        for r in rows
+    ]
     if level == "window":
         return [
             {
@@ -148,10 +154,12 @@ def _pairs(rows: list[WindowRow], level: str) -> tuple[list[tuple[str, float, fl
     return pts, n_ref
 
 
-def evaluate(session: Session, estimator: str, level: str = "recording") -> dict[str, Any]:
-    """Agreement of one estimator with the reference at `level`, overall and per group
-    (per recording for window level, per subject for recording and subject level)."""
-    rows = queries.window_rows(session, estimator=estimator)
+def evaluate(
+    session: Session, estimator: str, level: str = "recording", model_key: str | None = None
+) -> dict[str, Any]:
+    """Agreement of one estimator (one model version of it) with the reference at `level`,
+    overall and per group (per recording for window level, per subject otherwise)."""
+    rows = queries.window_rows(session, estimator=estimator, model_key=model_key)
     pts, n_ref = _pairs(rows, level)
     est = np.array([p[1] for p in pts], dtype=float)
     ref = np.array([p[2] for p in pts], dtype=float)
@@ -165,10 +173,18 @@ def evaluate(session: Session, estimator: str, level: str = "recording") -> dict
     ]
     return {
         "estimator": estimator,
+        "model": _model_label(session, model_key),
         "level": level,
         "overall": _json_safe(overall),
         "groups": [_json_safe(g) for g in groups],
     }
+
+
+def _model_label(session: Session, key: str | None) -> str | None:
+    """'name:version' of a registered model, else its key; None for classical estimators."""
+    if not key:
+        return None
+    return queries.model_labels(session).get(key, key)
 
 
 def _json_safe(d: dict[str, Any]) -> dict[str, Any]:

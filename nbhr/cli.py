@@ -246,9 +246,8 @@ def _options_from_cli(
 )
 @click.option(
     "--model",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     envvar="NBHR_MODEL",
-    help="NBHRnet ONNX file (from `nbhr export-onnx`) for --estimator nbhrnet.",
+    help="NBHRnet for --estimator nbhrnet: a registered name:version or an ONNX file.",
 )
 @click.option("--retry-failed", is_flag=True, help="Run failed segments again.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary, no progress bar.")
@@ -267,7 +266,7 @@ def run(
     window_s: float,
     hop_s: float,
     segment_s: float,
-    model: Path | None,
+    model: str | None,
     retry_failed: bool,
     as_json: bool,
 ) -> None:
@@ -278,8 +277,9 @@ def run(
     from scheduler.plan import plan_job
     from scheduler.references import ReferenceFileError, load_reference_table
 
+    model_file = _model_file(db_url, model) if model else None
     opts = _options_from_cli(
-        estimators, roi, population, hr_range, window_s, hop_s, segment_s, model
+        estimators, roi, population, hr_range, window_s, hop_s, segment_s, model_file
     )
     try:
         manifest = manifest or (directory / "manifest.csv")
@@ -374,6 +374,22 @@ def run(
             ],
             "table",
         )
+
+
+def _model_file(db_url: str, ref: str) -> Path:
+    """An ONNX file, given as a path or as a registered name:version."""
+    from db import queries
+
+    if Path(ref).is_file():
+        return Path(ref)
+    with session_scope(open_db(db_url)) as s:
+        model = queries.model_by_ref(s, ref)
+        path = Path(model.path) if model is not None else None
+    if path is None:
+        raise click.UsageError(f"--model {ref!r} is neither a file nor a registered name:version")
+    if not path.is_file():
+        raise click.UsageError(f"model {ref} is registered at {path}, which no longer exists")
+    return path
 
 
 class _plain:
@@ -507,16 +523,29 @@ METRIC_LABELS = (
     is_flag=True,
     help="One JSON object for one estimator, a JSON array for several.",
 )
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    help="Model version (name:version or key) to evaluate; repeat to compare versions.",
+)
 @friendly_errors
-def evaluate(db_url: str, estimators: tuple[str, ...], level: str, as_json: bool) -> None:
+def evaluate(
+    db_url: str, estimators: tuple[str, ...], level: str, models: tuple[str, ...], as_json: bool
+) -> None:
     """Agreement with the reference vitals: MAE, RMSE, MAPE, r, Bland-Altman, hit rates."""
     from db import queries
     from nbhr import analysis
 
     engine = open_db(db_url)
     with session_scope(engine) as s:
-        names = list(estimators) or queries.estimators_present(s)
-        evals = [analysis.evaluate(s, e, level) for e in names]
+        keys = [_model_key(s, ref) for ref in models]
+        pairs = [
+            (e, k)
+            for e, k in queries.estimators_present(s)
+            if (not estimators or e in estimators) and (not keys or k in keys)
+        ]
+        evals = [analysis.evaluate(s, e, level, k) for e, k in pairs]
     if as_json:
         click.echo(json.dumps(evals[0] if len(evals) == 1 else evals, indent=1))
         return
@@ -526,11 +555,107 @@ def evaluate(db_url: str, estimators: tuple[str, ...], level: str, as_json: bool
     click.echo(f"agreement with reference HR, {level} level (HR in bpm, shares 0-1):")
     emit_rows(
         [
-            {"estimator": e["estimator"]} | {lab: e["overall"][k] for k, lab in METRIC_LABELS}
+            {"estimator": e["estimator"], "model": e["model"]}
+            | {lab: e["overall"][k] for k, lab in METRIC_LABELS}
             for e in evals
         ],
         "table",
     )
+
+
+def _model_key(session: Any, ref: str) -> str:
+    """The windows' model key for a registered 'name:version' or a key itself."""
+    from db import queries
+
+    model = queries.model_by_ref(session, ref)
+    if model is not None:
+        return model.key
+    if ref in queries.model_labels(session) or all(c in "0123456789abcdef" for c in ref):
+        return ref
+    raise click.UsageError(f"no registered model {ref!r} (see `nbhr models list`)")
+
+
+# --- models --------------------------------------------------------------------------------
+
+
+@main.group()
+def models() -> None:
+    """The NBHRnet model registry: ONNX files by name and version."""
+
+
+@models.command("list")
+@DB_OPTION
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def models_list(db_url: str, as_json: bool) -> None:
+    """Registered models, oldest first per name."""
+    from db import queries
+
+    engine = open_db(db_url)
+    with session_scope(engine) as s:
+        rows = [
+            {
+                "name": m.name,
+                "version": m.version,
+                "key": m.key,
+                "sha256": m.sha256,
+                "path": m.path,
+                "trained_on": m.trained_on,
+                "input_spec": m.input_spec,
+                "metrics": m.metrics,
+            }
+            for m in queries.list_models(s)
+        ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    emit_rows(
+        [{k: r[k] for k in ("name", "version", "key", "trained_on", "path")} for r in rows],
+        "table",
+    )
+
+
+@models.command("register")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", required=True)
+@click.option("--version", "version", required=True)
+@click.option("--trained-on", help="What the model was trained on (free text).")
+@click.option(
+    "--metrics",
+    "metrics_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JSON file of the model's validation metrics.",
+)
+@DB_OPTION
+@friendly_errors
+def models_register(
+    file: Path,
+    name: str,
+    version: str,
+    trained_on: str | None,
+    metrics_file: Path | None,
+    db_url: str,
+) -> None:
+    """Register an exported NBHRnet ONNX FILE as NAME:VERSION (stores its SHA-256 and spec)."""
+    from db import queries
+    from model.nbhrnet import NBHRNetRunner
+
+    runner = NBHRNetRunner(file)
+    try:
+        spec = runner.describe()
+        metrics = json.loads(metrics_file.read_text()) if metrics_file else {}
+    except (ValueError, OSError) as exc:
+        raise click.UsageError(str(exc)) from None
+    engine = open_db(db_url)
+    try:
+        with session_scope(engine) as s:
+            m = queries.register_model(
+                s, name, version, str(file.resolve()), runner.sha256, spec, trained_on, metrics
+            )
+            key = m.key
+    except ValueError as exc:
+        raise click.ClickException(f"{name}:{version}: {exc}") from None
+    click.echo(f"registered {name}:{version} (key {key})")
 
 
 # --- db ------------------------------------------------------------------------------------

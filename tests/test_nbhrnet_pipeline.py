@@ -14,16 +14,20 @@ from training.export import export_onnx
 from training.nbhrnet import NBHRNet
 
 
-@pytest.fixture(scope="module")
-def onnx_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained NBHRnet exported to ONNX; its HR bias is set so outputs are not all 0."""
+def _export(path: Path, hr_bias: float) -> Path:
+    """An untrained NBHRnet exported to ONNX; the HR bias makes its outputs non-zero and
+    tells two versions apart."""
     torch.manual_seed(0)
     model = NBHRNet()
     with torch.no_grad():
-        model.head.hr.out.bias.fill_(140.0)
-    path = tmp_path_factory.mktemp("model") / "nbhrnet.onnx"
+        model.head.hr.out.bias.fill_(hr_bias)
     export_onnx(model.eval(), path)
     return path
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _export(tmp_path_factory.mktemp("model") / "nbhrnet.onnx", 140.0)
 
 
 def test_run_with_nbhrnet(demo_archive: Path, onnx_model: Path, sqlite_url: str) -> None:
@@ -72,3 +76,87 @@ def test_nbhrnet_needs_a_model_and_a_model_needs_nbhrnet(
     assert out.returncode == 2 and "needs --model" in out.stderr
     out = nbhr("run", demo_archive, "--db", sqlite_url, "--model", onnx_model, check=False)
     assert out.returncode == 2 and "only used by --estimator nbhrnet" in out.stderr
+
+
+def test_registry_and_two_versions_side_by_side(
+    demo_archive: Path, onnx_model: Path, sqlite_url: str, tmp_path: Path
+) -> None:
+    other = _export(tmp_path / "v2.onnx", 120.0)
+    nbhr(
+        "models",
+        "register",
+        onnx_model,
+        "--name",
+        "nbhrnet",
+        "--version",
+        "1",
+        "--trained-on",
+        "nothing (untrained test model)",
+        "--db",
+        sqlite_url,
+    )
+    nbhr("models", "register", other, "--name", "nbhrnet", "--version", "2", "--db", sqlite_url)
+    again = nbhr(
+        "models",
+        "register",
+        other,
+        "--name",
+        "x",
+        "--version",
+        "9",
+        "--db",
+        sqlite_url,
+        check=False,
+    )
+    assert again.returncode == 1 and "already registered as nbhrnet:2" in again.stderr
+    listed = nbhr_json("models", "list", "--db", sqlite_url, "--json")
+    assert [(m["name"], m["version"]) for m in listed] == [("nbhrnet", "1"), ("nbhrnet", "2")]
+    assert listed[0]["sha256"] == hashlib.sha256(onnx_model.read_bytes()).hexdigest()
+    assert listed[0]["input_spec"]["inputs"]["frames"] == ["batch", 60, 3, 128, 128]
+
+    for version in ("1", "2"):
+        nbhr(
+            "run",
+            demo_archive,
+            "--db",
+            sqlite_url,
+            "--estimator",
+            "nbhrnet",
+            "--model",
+            f"nbhrnet:{version}",
+        )
+    evals = nbhr_json(
+        "evaluate",
+        "--db",
+        sqlite_url,
+        "--estimator",
+        "nbhrnet",
+        "--model",
+        "nbhrnet:1",
+        "--model",
+        "nbhrnet:2",
+        "--level",
+        "window",
+        "--json",
+    )
+    assert sorted(e["model"] for e in evals) == ["nbhrnet:1", "nbhrnet:2"]
+    # 8 windows with a face in each of the two face recordings; the face-less one lowers
+    # coverage only.
+    assert all(e["overall"]["n"] == 2 * 8 for e in evals)
+    assert all(e["overall"]["coverage"] == pytest.approx(16 / 24) for e in evals)
+    bias = {e["model"]: e["overall"]["ba_bias"] for e in evals}
+    assert bias["nbhrnet:1"] != bias["nbhrnet:2"]
+    one = nbhr_json("evaluate", "--db", sqlite_url, "--model", "nbhrnet:2", "--json")
+    assert one["model"] == "nbhrnet:2" and one["estimator"] == "nbhrnet"
+    missing = nbhr(
+        "run",
+        demo_archive,
+        "--db",
+        sqlite_url,
+        "--estimator",
+        "nbhrnet",
+        "--model",
+        "nbhrnet:7",
+        check=False,
+    )
+    assert missing.returncode == 2 and "neither a file nor a registered" in missing.stderr
