@@ -220,6 +220,8 @@ class Window(Base):
     face_found: Mapped[bool | None] = mapped_column(Boolean)
     face_fraction: Mapped[float | None] = mapped_column(Float)
     ref_hr_bpm: Mapped[float | None] = mapped_column(Float)
+    # NBHRnet only: Pearson r of its PPG output with the reference PPG over the window.
+    ppg_r: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

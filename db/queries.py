@@ -364,6 +364,7 @@ class WindowRow:
     quality: float | None
     face_found: bool | None
     ref_hr_bpm: float | None
+    ppg_r: float | None
 
 
 def window_rows(
@@ -388,6 +389,7 @@ def window_rows(
             Window.quality,
             Window.face_found,
             Window.ref_hr_bpm,
+            Window.ppg_r,
         )
         .join(Recording, Recording.id == Window.recording_id)
         .join(Subject, Subject.id == Recording.subject_id)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.interpolate import CubicSpline
+from scipy.ndimage import gaussian_filter1d
 
 from model.bands import Band
 from model.spectrum import spectral_hr
@@ -69,6 +71,11 @@ def _median_rate(t: np.ndarray) -> float | None:
     return float(1.0 / dt) if dt > 0 else None
 
 
+# NBHRnet's PPG target: Gaussian smoothing (samples) and the share of the window the reference
+# must cover.
+PPG_SIGMA = 2.0
+MIN_PPG_COVERAGE = 0.9
+
 # Wide on purpose: the reference must not be forced into the band the estimators search.
 REFERENCE_BAND = Band(30.0, 300.0)
 
@@ -92,3 +99,38 @@ def reference_hr(series: dict[str, ReferenceSeries], t0: float, t1: float) -> fl
             if np.isfinite(peak.hr_bpm):
                 return float(peak.hr_bpm)
     return None
+
+
+def ppg_target(
+    ppg: ReferenceSeries, t_start: float, frames: int = 60, fps: float = 30.0
+) -> np.ndarray | None:
+    """The PPG target of the window starting at t_start (s), or None when it is not usable.
+
+    NBHRnet's PPG target (NBHRNET.md), also what its predicted PPG is scored against.
+    Returns float32 (frames,): the reference resampled (cubic) to the window's frame times,
+    smoothed with a Gaussian of sigma PPG_SIGMA samples and min-max scaled to [0, 1]. None when
+    the reference covers less than MIN_PPG_COVERAGE of the window or is flat over it.
+    """
+    if ppg.is_mean:
+        return None
+    window_s = frames / fps
+    t, v = ppg.span(t_start, t_start + window_s)
+    keep = np.isfinite(v)
+    t, v = t[keep], v[keep]
+    t, first = np.unique(t, return_index=True)
+    v = v[first]
+    if len(t) < 4:
+        return None
+    rate = ppg.sample_rate_hz or float(1.0 / np.median(np.diff(t)))
+    grid = t_start + np.arange(frames) / fps
+    # A gap at either end longer than a sample or two would make the spline extrapolate.
+    edge = 1.5 / rate
+    if len(t) < MIN_PPG_COVERAGE * window_s * rate or t[0] > grid[0] + edge:
+        return None
+    if t[-1] < grid[-1] - edge:
+        return None
+    target = gaussian_filter1d(CubicSpline(t, v)(grid), PPG_SIGMA)
+    lo, hi = float(target.min()), float(target.max())
+    if not hi - lo > 1e-9 * max(1.0, abs(hi)):
+        return None
+    return ((target - lo) / (hi - lo)).astype(np.float32)

@@ -114,6 +114,7 @@ def results(
                 "quality": _clean(w.quality),
                 "face_found": w.face_found,
                 "ref_hr_bpm": _clean(w.ref_hr_bpm),
+                "ppg_r": _clean(w.ppg_r),
             }
             for w in rows
         ]
@@ -171,9 +172,13 @@ def evaluate(
         {"key": key} | agreement(est[idx], ref[idx], n_total=len(idx))
         for key, idx in sorted(by_key.items())
     ]
+    ppg_r = [w.ppg_r for w in rows if w.ppg_r is not None and _valid(w)]
     return {
         "estimator": estimator,
         "model": _model_label(session, model_key),
+        # NBHRnet's PPG output against the reference PPG: mean Pearson r over windows.
+        "ppg_r_mean": _clean(float(np.mean(ppg_r))) if ppg_r else None,
+        "ppg_r_n": len(ppg_r),
         "level": level,
         "overall": _json_safe(overall),
         "groups": [_json_safe(g) for g in groups],

@@ -15,12 +15,13 @@ from training.nbhrnet import NBHRNet
 
 
 def _export(path: Path, hr_bias: float) -> Path:
-    """An untrained NBHRnet exported to ONNX; the HR bias makes its outputs non-zero and
-    tells two versions apart."""
+    """An untrained NBHRnet exported to ONNX; the biases make its outputs non-zero, and the HR
+    bias tells two versions apart."""
     torch.manual_seed(0)
     model = NBHRNet()
     with torch.no_grad():
         model.head.hr.out.bias.fill_(hr_bias)
+        model.head.ppg.conv.bias.fill_(2.0)  # keeps the PPG above ReLU's zero, so it varies
     export_onnx(model.eval(), path)
     return path
 
@@ -53,6 +54,11 @@ def test_run_with_nbhrnet(demo_archive: Path, onnx_model: Path, sqlite_url: str)
     with_face = [r for r in net if r["face_found"]]
     assert len(with_face) == 2 * 8
     assert all(r["hr_bpm"] is not None and r["ref_hr_bpm"] is not None for r in with_face)
+    # The demo has a reference PPG: every NBHRnet window with a face is scored against it.
+    assert all(r["ppg_r"] is not None and -1 <= r["ppg_r"] <= 1 for r in with_face)
+    assert all(r["ppg_r"] is None for r in rows if r["estimator"] == "pos")
+    ev = nbhr_json("evaluate", "--db", sqlite_url, "--estimator", "nbhrnet", "--json")
+    assert ev["ppg_r_n"] == 2 * 8 and -1 <= ev["ppg_r_mean"] <= 1
     assert all(r["t_end"] - r["t_start"] == pytest.approx(2.0) for r in net)
     again = nbhr(
         "run",

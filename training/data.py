@@ -15,12 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.interpolate import CubicSpline
-from scipy.ndimage import gaussian_filter1d
 
 from db import queries
 from db.engine import make_engine, session_scope
-from model.reference import ReferenceSeries, reference_hr
+from model.reference import ReferenceSeries, ppg_target, reference_hr
 from scheduler.discover import find_videos, load_manifest, subject_from_path
 from scheduler.references import NBHR_PPG_RATE_HZ, load_references
 from worker.crops import MODEL_FPS, WINDOW_FRAMES, face_crop, windows_of
@@ -31,10 +29,6 @@ from worker.video import VideoError, iter_frames, probe
 log = logging.getLogger(__name__)
 
 WINDOW_S = WINDOW_FRAMES / MODEL_FPS
-# Gaussian smoothing of the PPG target, in samples of the 60-point target (NBHRnet reference).
-PPG_SIGMA = 2.0
-# Share of the window the reference PPG must cover for a target to be made from it.
-MIN_PPG_COVERAGE = 0.9
 CACHE_CHUNK = 64
 
 
@@ -58,37 +52,6 @@ class Window:
     frames: np.ndarray
     ppg: np.ndarray
     hr_bpm: float
-
-
-def ppg_target(ppg: ReferenceSeries, t_start: float) -> np.ndarray | None:
-    """The PPG target of the window starting at t_start (s), or None when it is not usable.
-
-    Returns float32 (60,): the reference resampled (cubic) to the window's 30-fps frame times,
-    smoothed with a Gaussian of sigma PPG_SIGMA samples and min-max scaled to [0, 1]. None when
-    the reference covers less than MIN_PPG_COVERAGE of the window or is flat over it.
-    """
-    if ppg.is_mean:
-        return None
-    t, v = ppg.span(t_start, t_start + WINDOW_S)
-    keep = np.isfinite(v)
-    t, v = t[keep], v[keep]
-    t, first = np.unique(t, return_index=True)
-    v = v[first]
-    if len(t) < 4:
-        return None
-    rate = ppg.sample_rate_hz or float(1.0 / np.median(np.diff(t)))
-    grid = t_start + np.arange(WINDOW_FRAMES) / MODEL_FPS
-    # A gap at either end longer than a sample or two would make the spline extrapolate.
-    edge = 1.5 / rate
-    if len(t) < MIN_PPG_COVERAGE * WINDOW_S * rate or t[0] > grid[0] + edge:
-        return None
-    if t[-1] < grid[-1] - edge:
-        return None
-    target = gaussian_filter1d(CubicSpline(t, v)(grid), PPG_SIGMA)
-    lo, hi = float(target.min()), float(target.max())
-    if not hi - lo > 1e-9 * max(1.0, abs(hi)):
-        return None
-    return ((target - lo) / (hi - lo)).astype(np.float32)
 
 
 def _crops(video: Path, fps: float, n_frames: int) -> Iterator[np.ndarray | None]:

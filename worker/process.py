@@ -25,7 +25,7 @@ from db.engine import session_scope
 from db.models import SegmentState
 from model.classical import make_estimator
 from model.nbhrnet import NBHRNetRunner, normalise_window
-from model.reference import reference_hr
+from model.reference import ppg_target, reference_hr
 from model.spectrum import spectral_hr
 from worker.crops import CROP_SIZE, MODEL_FPS, WINDOW_FRAMES, face_crop, windows_of
 from worker.faces import Box, FaceDetector, FaceTracker, region_mean, skin_mean
@@ -240,6 +240,7 @@ def _compute_windows(
                     "face_found": has_face if opts.roi == "face" else None,
                     "face_fraction": frac if opts.roi == "face" else None,
                     "ref_hr_bpm": ref,
+                    "ppg_r": None,
                 }
             )
     if crops is not None:
@@ -271,10 +272,11 @@ def _nbhrnet_rows(
     i = 0
     for start, has_face in starts:
         end = start + WINDOW_FRAMES / MODEL_FPS
-        value, quality = None, None
+        value, quality, r = None, None, None
         if has_face:
             value = float(hr[i])
             quality = float(spectral_hr(ppg[i] - ppg[i].mean(), MODEL_FPS, opts.band).snr_db)
+            r = _ppg_r(ppg[i], seg.references, start)
             i += 1
         rows.append(
             {
@@ -289,6 +291,16 @@ def _nbhrnet_rows(
                 "face_found": has_face if opts.roi == "face" else None,
                 "face_fraction": (1.0 if has_face else 0.0) if opts.roi == "face" else None,
                 "ref_hr_bpm": reference_hr(seg.references, start, end),
+                "ppg_r": r,
             }
         )
     return rows
+
+
+def _ppg_r(predicted: np.ndarray, references: dict, start: float) -> float | None:
+    """Pearson r of a predicted PPG (60,) with the reference PPG target of its window."""
+    ref = references.get("ppg")
+    target = ppg_target(ref, start, len(predicted), MODEL_FPS) if ref is not None else None
+    if target is None or np.std(predicted) < 1e-9:
+        return None
+    return float(np.corrcoef(predicted, target)[0, 1])
