@@ -281,10 +281,9 @@ def job_segment_ids(session: Session, job_id: int) -> list[int]:
 # --- status --------------------------------------------------------------------------------
 
 
-def state_counts(session: Session, column: Any, job_id: int | None = None) -> dict[str, int]:
+def state_counts(session: Session, column: Any) -> dict[str, int]:
+    """Rows per state of a state column (Recording.status or Segment.state)."""
     q: Select = select(column, func.count()).group_by(column)
-    if job_id is not None and column.class_ is Segment:
-        q = q.where(Segment.job_id == job_id)
     counts = {state: 0 for state in ("queued", "running", "done", "failed")}
     for state, n in session.execute(q):
         counts[state.value] = n
@@ -421,18 +420,6 @@ def recordings_with_reference(session: Session) -> list[tuple[int, str, str]]:
         .order_by(Recording.path)
     )
     return [tuple(r) for r in session.execute(q)]
-
-
-def recording_reference_mean(session: Session, recording_id: int) -> float | None:
-    """Mean reference HR over the whole recording (HR series or table mean)."""
-    refs = load_references(session, recording_id)
-    hr = refs.get("hr")
-    if hr is None:
-        return None
-    if hr.is_mean:
-        return float(hr.values[0])
-    t = hr.times()
-    return hr.window_mean(float(t[0]), float(t[-1]) + 1e-9)
 
 
 def estimators_present(session: Session) -> list[tuple[str, str]]:

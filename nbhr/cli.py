@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import io
@@ -271,6 +272,7 @@ def run(
     as_json: bool,
 ) -> None:
     """Find every video under DIRECTORY, estimate HR per window, store it in the database."""
+    from db import queries
     from nbhr import analysis
     from scheduler.discover import ManifestError, load_manifest, register_archive
     from scheduler.local import run_segments
@@ -318,7 +320,7 @@ def run(
                 show_eta=True,
             )
             if show
-            else _plain(stream) as bar
+            else contextlib.nullcontext(stream) as bar
         ):
             try:
                 for outcome in bar:
@@ -332,8 +334,6 @@ def run(
                 sys.exit(130)
         _finish_job(engine, plan.job_id)
     with session_scope(engine) as s:
-        from db import queries
-
         fails = queries.failures(s)
         subjects = analysis.results(s, level="subject")
     summary = {
@@ -390,19 +390,6 @@ def _model_file(db_url: str, ref: str) -> Path:
     if not path.is_file():
         raise click.UsageError(f"model {ref} is registered at {path}, which no longer exists")
     return path
-
-
-class _plain:
-    """Stand-in for a progress bar when output is not a terminal."""
-
-    def __init__(self, it: Any) -> None:
-        self.it = it
-
-    def __enter__(self) -> Any:
-        return self.it
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _finish_job(engine: Engine, job_id: int) -> None:

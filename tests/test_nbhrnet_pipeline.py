@@ -32,18 +32,8 @@ def onnx_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_run_with_nbhrnet(demo_archive: Path, onnx_model: Path, sqlite_url: str) -> None:
-    nbhr(
-        "run",
-        demo_archive,
-        "--db",
-        sqlite_url,
-        "--estimator",
-        "pos",
-        "--estimator",
-        "nbhrnet",
-        "--model",
-        onnx_model,
-    )
+    run = ("run", demo_archive, "--db", sqlite_url, "--estimator", "pos", "--estimator", "nbhrnet")
+    nbhr(*run, "--model", onnx_model)
     rows = nbhr_json("results", "--db", sqlite_url, "--format", "json")
     net = [r for r in rows if r["estimator"] == "nbhrnet"]
     key = hashlib.sha256(onnx_model.read_bytes()).hexdigest()[:16]
@@ -60,18 +50,7 @@ def test_run_with_nbhrnet(demo_archive: Path, onnx_model: Path, sqlite_url: str)
     ev = nbhr_json("evaluate", "--db", sqlite_url, "--estimator", "nbhrnet", "--json")
     assert ev["ppg_r_n"] == 2 * 8 and -1 <= ev["ppg_r_mean"] <= 1
     assert all(r["t_end"] - r["t_start"] == pytest.approx(2.0) for r in net)
-    again = nbhr(
-        "run",
-        demo_archive,
-        "--db",
-        sqlite_url,
-        "--estimator",
-        "pos",
-        "--estimator",
-        "nbhrnet",
-        "--model",
-        onnx_model,
-    )
+    again = nbhr(*run, "--model", onnx_model)
     assert "nothing to do" in again.stdout
 
 
