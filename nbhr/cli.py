@@ -193,6 +193,16 @@ def _options_from_cli(
     help="Local worker processes.",
 )
 @click.option(
+    "--threads",
+    "model_threads",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    envvar="NBHR_MODEL_THREADS",
+    help="onnxruntime threads per worker process for NBHRnet (workers x threads should not "
+    "exceed the cores).",
+)
+@click.option(
     "--estimator",
     "estimators",
     multiple=True,
@@ -257,6 +267,7 @@ def run(
     directory: Path,
     db_url: str,
     workers: int,
+    model_threads: int,
     estimators: tuple[str, ...],
     roi: str,
     population: str,
@@ -308,7 +319,7 @@ def run(
             f"job {plan.job_id}: {len(plan.segment_ids)} segments of {plan.recordings} recordings "
             f"({plan.video_s / 60:.1f} min of video) on {workers} process(es)"
         )
-        stream = run_segments(db_url, plan.segment_ids, workers)
+        stream = run_segments(db_url, plan.segment_ids, workers, model_threads)
         show = not as_json and sys.stderr.isatty()
         with (
             click.progressbar(

@@ -16,10 +16,10 @@ from worker.process import SegmentOutcome, init_process, process_segment
 _DB_URL: str | None = None
 
 
-def _init(db_url: str) -> None:
+def _init(db_url: str, model_threads: int) -> None:
     global _DB_URL
     _DB_URL = db_url
-    init_process()
+    init_process(model_threads)
 
 
 def _run(segment_id: int) -> SegmentOutcome:
@@ -31,18 +31,19 @@ def run_segments(
     db_url: str,
     segment_ids: list[int],
     workers: int = 1,
+    model_threads: int = 1,
 ) -> Iterator[SegmentOutcome]:
-    """Run segments on `workers` processes (in this process when workers == 1), yielding
-    each outcome as it finishes."""
+    """Run segments on `workers` processes (in this process when workers == 1), each with
+    `model_threads` onnxruntime threads for NBHRnet, yielding each outcome as it finishes."""
     if workers <= 1:
-        _init(db_url)
+        _init(db_url, model_threads)
         for sid in segment_ids:
             yield _run(sid)
         return
     # spawn, not fork: a forked child would inherit the parent's open database connections.
     ctx = mp.get_context("spawn")
     with ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init, initargs=(db_url,)
+        workers, mp_context=ctx, initializer=_init, initargs=(db_url, model_threads)
     ) as pool:
         futures = [pool.submit(_run, sid) for sid in segment_ids]
         try:

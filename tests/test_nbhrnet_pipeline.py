@@ -36,9 +36,19 @@ def test_run_with_nbhrnet(demo_archive: Path, onnx_model: Path, sqlite_url: str)
     nbhr(*run, "--model", onnx_model)
     rows = nbhr_json("results", "--db", sqlite_url, "--format", "json")
     net = [r for r in rows if r["estimator"] == "nbhrnet"]
+    spans = [r for r in rows if r["estimator"] == "nbhrnet_ppg"]
     key = hashlib.sha256(onnx_model.read_bytes()).hexdigest()[:16]
-    assert {r["model"] for r in net} == {key}
-    assert {r["estimator"] for r in rows} == {"pos", "nbhrnet"}
+    assert {r["model"] for r in net + spans} == {key}
+    assert {r["estimator"] for r in rows} == {"pos", "nbhrnet", "nbhrnet_ppg"}
+    # The second estimate spans the classical 10-s windows, every 2 s: 4 per 16-s recording,
+    # on the same grid as POS.
+    pos = [r for r in rows if r["estimator"] == "pos"]
+    assert sorted((r["recording"], r["t_start"], r["t_end"]) for r in spans) == sorted(
+        (r["recording"], r["t_start"], r["t_end"]) for r in pos
+    )
+    assert len(spans) == 3 * 4
+    assert sum(r["face_found"] for r in spans) == 2 * 4
+    assert all(r["hr_bpm"] is not None for r in spans if r["face_found"])
     # Three 16-s recordings, one 2-s window every 2 s; the face-less one has no HR.
     assert len(net) == 3 * 8
     with_face = [r for r in net if r["face_found"]]
@@ -131,8 +141,12 @@ def test_registry_and_two_versions_side_by_side(
     assert all(e["overall"]["coverage"] == pytest.approx(16 / 24) for e in evals)
     bias = {e["model"]: e["overall"]["ba_bias"] for e in evals}
     assert bias["nbhrnet:1"] != bias["nbhrnet:2"]
-    one = nbhr_json("evaluate", "--db", sqlite_url, "--model", "nbhrnet:2", "--json")
-    assert one["model"] == "nbhrnet:2" and one["estimator"] == "nbhrnet"
+    # Without --estimator, a model's evaluation covers both of its estimates.
+    both = nbhr_json("evaluate", "--db", sqlite_url, "--model", "nbhrnet:2", "--json")
+    assert sorted((e["model"], e["estimator"]) for e in both) == [
+        ("nbhrnet:2", "nbhrnet"),
+        ("nbhrnet:2", "nbhrnet_ppg"),
+    ]
     missing = nbhr(
         "run",
         demo_archive,

@@ -20,6 +20,7 @@ from training.train import (
     CHECKPOINT,
     METRICS,
     TrainConfig,
+    autocast_dtype,
     fusion_loss,
     hr_loss,
     load_checkpoint,
@@ -103,15 +104,19 @@ def test_fusion_weights_ppg_0_1_and_hr_0_9() -> None:
 
 
 @pytest.mark.parametrize(
-    ("stage", "factor"),
+    ("stage", "factor", "precision"),
     # The fusion run has one heart rate (140 bpm), which the HR output starts at (its bias is set
     # to the mean label), so its loss falls with the PPG term: the check is that gradients reach
     # through the whole model. Learning HR itself takes far more than a test's steps.
-    [("ppg", 0.5), ("fusion", 0.7)],
+    [("ppg", 0.5, "fp32"), ("ppg", 0.5, "bf16"), ("fusion", 0.7, "auto")],
 )
-def test_loss_goes_down(tmp_path: Path, stage: str, factor: float) -> None:
+def test_loss_goes_down(tmp_path: Path, stage: str, factor: float, precision: str) -> None:
     result = train(
-        config(stage, epochs=8), make_windows(12, 0), make_windows(4, 1), tmp_path, progress=False
+        config(stage, epochs=8, precision=precision),
+        make_windows(12, 0),
+        make_windows(4, 1),
+        tmp_path,
+        progress=False,
     )
     losses = result["losses"]
     assert result["steps"] == len(losses) == 8 * 3
@@ -122,6 +127,14 @@ def test_loss_goes_down(tmp_path: Path, stage: str, factor: float) -> None:
     assert [r["epoch"] for r in rows] == list(range(1, 9))
     assert all(r["val_hr_mae_bpm"] is not None for r in rows)
     assert (tmp_path / BEST).exists()
+
+
+def test_precision_settings() -> None:
+    assert autocast_dtype("fp32", "cpu") is None
+    assert autocast_dtype("bf16", "cpu") is torch.bfloat16
+    assert autocast_dtype("auto", "cpu") in (None, torch.bfloat16)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TrainConfig(precision="fp16")
 
 
 class Kill(Exception):

@@ -14,6 +14,7 @@ import click
 FORMATS = ("nbhr", "ubfc", "synthetic", "db")
 # training.train.Stage, spelled out here because importing it would import torch.
 STAGES = ("ppg", "hr", "fusion", "all")
+PRECISIONS = ("auto", "fp32", "bf16")  # training.train.PRECISIONS
 
 
 def _require_training_deps() -> None:
@@ -26,8 +27,11 @@ def _require_training_deps() -> None:
         ) from None
 
 
-def _source_windows(fmt: str, data: str, seed: int) -> Iterable[Any]:
-    """The windows of one data source, as training.data yields them."""
+def _source_windows(
+    fmt: str, data: str, seed: int, synthetic: tuple[int, float] = (8, 30.0)
+) -> Iterable[Any]:
+    """The windows of one data source, as training.data yields them; `synthetic` is (subjects,
+    seconds per recording) of a synthetic archive."""
     from training import data as d
 
     if fmt == "nbhr":
@@ -36,7 +40,8 @@ def _source_windows(fmt: str, data: str, seed: int) -> Iterable[Any]:
         return d.ubfc_windows(Path(data))
     if fmt == "db":
         return d.db_windows(data)
-    return d.synthetic_windows(Path(data), seed=seed)
+    subjects, seconds = synthetic
+    return d.synthetic_windows(Path(data), subjects=subjects, seconds=seconds, seed=seed)
 
 
 @click.command("train")
@@ -59,6 +64,38 @@ def _source_windows(fmt: str, data: str, seed: int) -> Iterable[Any]:
     help="Run directory: config, metrics, checkpoints.",
 )
 @click.option("--resume", is_flag=True, help="Continue from RUN_DIR/checkpoint.pt.")
+@click.option(
+    "--lr", type=float, default=1e-4, show_default=True, help="RMSprop learning rate (per stage)."
+)
+@click.option(
+    "--lr-step-epochs",
+    type=int,
+    default=30,
+    show_default=True,
+    help="Epochs between learning-rate decays (x0.2).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="auto",
+    show_default=True,
+    help="Forward pass in bfloat16 autocast (bf16), float32 (fp32), or bf16 where the hardware"
+    " has it (auto).",
+)
+@click.option(
+    "--synthetic-subjects",
+    type=int,
+    default=8,
+    show_default=True,
+    help="Infants in a synthetic archive (2 recordings each).",
+)
+@click.option(
+    "--synthetic-seconds",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds per synthetic recording.",
+)
 @click.option("--val-fraction", type=float, default=0.2, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's).")
@@ -83,6 +120,11 @@ def train(
     batch: int,
     run_dir: Path,
     resume: bool,
+    lr: float,
+    lr_step_epochs: int,
+    precision: str,
+    synthetic_subjects: int,
+    synthetic_seconds: float,
     val_fraction: float,
     seed: int,
     threads: int | None,
@@ -99,7 +141,9 @@ def train(
     try:
         windows = WindowCache.open(cache)
     except FileNotFoundError:  # none yet, or an unfinished write: (re)build it
-        windows = WindowCache.write(cache, _source_windows(fmt, data, seed))
+        windows = WindowCache.write(
+            cache, _source_windows(fmt, data, seed, (synthetic_subjects, synthetic_seconds))
+        )
     try:
         train_set, val_set = subject_split(windows, val_fraction=val_fraction, seed=seed)
     except ValueError as exc:
@@ -112,6 +156,9 @@ def train(
         stage=stage,
         epochs=epochs,
         batch=batch,
+        lr=lr,
+        lr_step_epochs=lr_step_epochs,
+        precision=precision,
         seed=seed,
         threads=threads,
         frames=train_set[0].frames.shape[0],

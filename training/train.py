@@ -3,6 +3,7 @@ killed run resumes from exactly where it stopped."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -78,6 +79,9 @@ class TrainConfig:
     frames: frames per window (the model's HR head is sized for it; 60 for the paper's model).
     init_from: a checkpoint whose model weights a fresh run starts from (e.g. a "ppg" run's
         best.pt before an "hr" run); None starts from a new model.
+    precision: "fp32", "bf16" (bfloat16 autocast for the forward pass; weights, optimiser state
+        and losses stay float32), or "auto": bf16 where the device computes it natively (a CPU
+        with AVX512-BF16 or AMX, a CUDA GPU that supports it), else fp32.
     """
 
     stage: str = Stage.ALL.value
@@ -93,12 +97,39 @@ class TrainConfig:
     augment: bool = True
     frames: int = FRAMES
     init_from: str | None = None
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         self.stage = Stage(self.stage).value
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
         for name in ("epochs", "batch", "lr_step_epochs", "checkpoint_every", "frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
+    """The autocast dtype of a `precision` setting on `device` (None: plain float32)."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.startswith("cuda"):
+        native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    else:
+        native = torch.backends.mkldnn.is_available() and (
+            torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        )
+    return torch.bfloat16 if native else None
+
+
+def _autocast(device: str, dtype: torch.dtype | None) -> Any:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.split(":")[0], dtype=dtype)
 
 
 # Settings that may change between a run and its resumption without changing its results'
@@ -213,22 +244,27 @@ def set_train_mode(model: NBHRNet, stage: Stage) -> list[nn.Parameter]:
 
 
 def stage_outputs(
-    model: NBHRNet, stage: Stage, batch: Batch
+    model: NBHRNet, stage: Stage, batch: Batch, dtype: torch.dtype | None = None
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(ppg, hr) predictions as far as `stage` needs them.
 
     The HR stage feeds the HR head the reference PPG instead of the PPG head's estimate: it is
     what the reference trains the HR estimator on, it is cheap (no CNN, no frames loaded), and
     the fusion stage then adapts the HR head to the estimated PPG.
+    dtype: the autocast dtype of the forward pass (None: float32); outputs are float32 either way.
     """
-    if stage is Stage.HR:
-        return None, model.head.hr(batch.ppg)
-    assert batch.x is not None
-    if stage is Stage.PPG:
-        t = batch.x.shape[1]
-        feats = model.encoder(batch.x.flatten(0, 1))
-        return model.head.ppg(feats.reshape(-1, t, feats.shape[-1])), None
-    return model(batch.x)
+    with _autocast(str(batch.ppg.device), dtype):
+        if stage is Stage.HR:
+            ppg, hr = None, model.head.hr(batch.ppg)
+        elif stage is Stage.PPG:
+            assert batch.x is not None
+            t = batch.x.shape[1]
+            feats = model.encoder(batch.x.flatten(0, 1))
+            ppg, hr = model.head.ppg(feats.reshape(-1, t, feats.shape[-1])), None
+        else:
+            assert batch.x is not None
+            ppg, hr = model(batch.x)
+    return (None if ppg is None else ppg.float()), (None if hr is None else hr.float())
 
 
 def stage_loss(
@@ -244,7 +280,12 @@ def stage_loss(
 
 @torch.no_grad()
 def evaluate(
-    model: NBHRNet, stage: Stage, windows: Sequence[WindowLike], batch: int, device: str
+    model: NBHRNet,
+    stage: Stage,
+    windows: Sequence[WindowLike],
+    batch: int,
+    device: str,
+    dtype: torch.dtype | None = None,
 ) -> dict[str, float | None]:
     """Validation metrics of `stage` over `windows`, in eval mode.
 
@@ -260,7 +301,7 @@ def evaluate(
     for start in range(0, len(windows), batch):
         idx = range(start, min(start + batch, len(windows)))
         b = load_batch(windows, idx, stage is not Stage.HR, device)
-        ppg, hr = stage_outputs(model, stage_eval, b)
+        ppg, hr = stage_outputs(model, stage_eval, b, dtype)
         n = len(idx)
         loss_sum += float(stage_loss(stage, b, ppg, hr)) * n
         mae_sum += float((hr - b.hr).abs().sum())
@@ -392,6 +433,11 @@ def train(
         metrics_path.unlink(missing_ok=True)
     (run_dir / CONFIG).write_text(json.dumps(asdict(cfg), indent=1) + "\n")
     model.to(cfg.device)
+    if not cfg.device.startswith("cuda"):
+        # oneDNN's convolutions run markedly faster on NHWC tensors (measured: 5.6 -> 4.2 s per
+        # batch-4 step with bf16 on 2 cores); the saved state_dict is layout-free.
+        model.to(memory_format=torch.channels_last)
+    dtype = autocast_dtype(cfg.precision, cfg.device)
 
     def save(optimizer: Any, scheduler: Any) -> None:
         _save_atomic(
@@ -446,7 +492,7 @@ def train(
                     cfg.device,
                     rng if cfg.augment else None,
                 )
-                ppg, hr = stage_outputs(model, stage, b)
+                ppg, hr = stage_outputs(model, stage, b, dtype)
                 loss = stage_loss(stage, b, ppg, hr)
                 if stage is not Stage.PPG:
                     loss = loss + model.l2_penalty()
@@ -463,7 +509,7 @@ def train(
                     save(optimizer, scheduler)
                 if on_step is not None:
                     on_step(pos.global_step, value)
-            metrics = evaluate(model, stage, val_set, cfg.batch, cfg.device)
+            metrics = evaluate(model, stage, val_set, cfg.batch, cfg.device, dtype)
             lr = optimizer.param_groups[0]["lr"]
             with warnings.catch_warnings():
                 # An epoch resumed after its last batch has no optimiser step in this process;

@@ -15,6 +15,9 @@ from model.bands import Band
 
 CLASSICAL = ("pos", "chrom", "green", "pbvn")
 NBHRNET = "nbhrnet"
+# NBHRnet's second estimate: HR from the spectrum of its PPG output, stitched over the classical
+# window (window_s, every hop_s). Written whenever "nbhrnet" runs; not requested on its own.
+NBHRNET_PPG = "nbhrnet_ppg"
 NBHRNET_WINDOW_S = 2.0  # 60 frames at 30 fps
 
 

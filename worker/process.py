@@ -26,10 +26,10 @@ from db.models import SegmentState
 from model.classical import make_estimator
 from model.nbhrnet import NBHRNetRunner, normalise_window
 from model.reference import ppg_target, reference_hr
-from model.spectrum import spectral_hr
+from model.spectrum import bandpass, spectral_hr
 from worker.crops import CROP_SIZE, MODEL_FPS, WINDOW_FRAMES, face_crop, windows_of
 from worker.faces import Box, FaceDetector, FaceTracker, region_mean, skin_mean
-from worker.options import NBHRNET, ProcessingOptions, WindowGrid
+from worker.options import NBHRNET, NBHRNET_PPG, NBHRNET_WINDOW_S, ProcessingOptions, WindowGrid
 from worker.video import VideoError, iter_frames
 
 LEASE_S = 600.0
@@ -43,9 +43,19 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def init_process() -> None:
-    """Per-process set-up for pool and Celery workers."""
-    # OpenCV's own thread pool would fight the other worker processes for the same cores.
+# onnxruntime intra-op threads of this process's NBHRnet sessions (init_process sets it).
+_MODEL_THREADS = 1
+
+
+def init_process(model_threads: int = 1) -> None:
+    """Per-process set-up for pool and Celery workers: one OpenCV thread (its own pool would
+    fight the other worker processes for the same cores) and `model_threads` onnxruntime
+    threads for NBHRnet (processes x threads should not exceed the cores)."""
+    global _MODEL_THREADS
+    if model_threads < 1:
+        raise ValueError(f"model_threads must be >= 1, got {model_threads}")
+    _MODEL_THREADS = model_threads
+    nbhrnet_runner.cache_clear()
     cv2.setNumThreads(1)
 
 
@@ -58,7 +68,7 @@ def face_detector() -> FaceDetector:
 @lru_cache(maxsize=4)
 def nbhrnet_runner(path: str, sha256: str) -> NBHRNetRunner:
     """One onnxruntime model per file and process, opened on first use."""
-    runner = NBHRNetRunner(Path(path), threads=1)
+    runner = NBHRNetRunner(Path(path), threads=_MODEL_THREADS)
     if runner.sha256 != sha256:
         raise ValueError(f"model file {path} changed since the job was planned (SHA-256 differs)")
     return runner
@@ -190,7 +200,10 @@ def _compute_windows(
     k0, k1 = plan.index_at(seg.t_start), plan.index_at(seg.t_end)
     first, _ = plan.frames(k0)
     classical = [n for n in opts.estimators if n != NBHRNET]
-    last_end = grid.frames(k1 - 1)[1] if classical else plan.frames(k1 - 1)[1]
+    # Classical windows, and NBHRnet's stitched-PPG spans, are window_s long: decode to the end
+    # of the last one that starts in this segment.
+    spans = range(k0, min(k1, grid.n_windows))
+    last_end = grid.frames(spans[-1])[1] if spans else 0
     stop = min(seg.n_frames, max(plan.frames(k1 - 1)[1], last_end))
 
     def renew() -> None:
@@ -211,7 +224,7 @@ def _compute_windows(
             raise VideoError(f"no frame could be decoded from {seg.t_start:.1f} s on (truncated?)")
     estimators = [make_estimator(n, opts.band) for n in classical]
     rows: list[dict] = []
-    for k in range(k0, min(k1, grid.n_windows)):
+    for k in spans if classical else ():
         a, b = grid.frames(k)
         if b - first > n_read:
             break
@@ -244,23 +257,27 @@ def _compute_windows(
                 }
             )
     if crops is not None:
-        rows += _nbhrnet_rows(seg, opts, crops)
+        span_s = [(a / seg.fps, b / seg.fps) for a, b in map(grid.frames, spans)]
+        rows += _nbhrnet_rows(seg, opts, crops, first / seg.fps, span_s)
     video_s = n_read / seg.fps
     return rows, video_s, note
 
 
 def _nbhrnet_rows(
-    seg: queries.ClaimedSegment, opts: ProcessingOptions, crops: list[np.ndarray | None]
+    seg: queries.ClaimedSegment,
+    opts: ProcessingOptions,
+    crops: list[np.ndarray | None],
+    crops_start_s: float,
+    spans: list[tuple[float, float]],
 ) -> list[dict]:
-    """NBHRnet windows (2 s = 60 crops at 30 fps, every 2 s) that start in the segment."""
+    """NBHRnet's windows (2 s = 60 crops at 30 fps, every 2 s) that start in the segment, and
+    its second estimate over each (start, end) span in `spans`: the HR of its PPG output
+    stitched over the span (`_stitched_ppg_hr`). `crops` start at `crops_start_s` (the
+    segment's start) and may run past the segment's end, to cover the last span."""
     runner = nbhrnet_runner(opts.model_path, opts.model_sha256)
-    t0 = seg.t_start
-    starts, batch, rows = [], [], []
+    starts, batch = [], []
     for k, window in windows_of(iter(crops), seg.fps, len(crops)):
-        start = t0 + k * WINDOW_FRAMES / MODEL_FPS
-        if start >= seg.t_end - 1e-9:
-            break
-        starts.append((start, window is not None))
+        starts.append((crops_start_s + k * WINDOW_FRAMES / MODEL_FPS, window is not None))
         if window is not None:
             batch.append(normalise_window(window))
     # Batches above 2 windows barely help on CPU but cost ~260 MB of activations per window.
@@ -269,32 +286,73 @@ def _nbhrnet_rows(
         if batch
         else (np.empty(0), np.empty((0, 0)))
     )
+    chunks: list[tuple[float, np.ndarray | None]] = []  # (start s, PPG or None without a face)
+    rows = []
     i = 0
     for start, has_face in starts:
         end = start + WINDOW_FRAMES / MODEL_FPS
-        value, quality, r = None, None, None
+        value, quality, r, wave = None, None, None, None
         if has_face:
+            wave = ppg[i]
             value = float(hr[i])
-            quality = float(spectral_hr(ppg[i] - ppg[i].mean(), MODEL_FPS, opts.band).snr_db)
-            r = _ppg_r(ppg[i], seg.references, start)
+            quality = float(spectral_hr(wave - wave.mean(), MODEL_FPS, opts.band).snr_db)
+            r = _ppg_r(wave, seg.references, start)
             i += 1
+        chunks.append((start, wave))
+        if start >= seg.t_end - 1e-9:
+            continue  # decoded only for a span; the next segment writes this window
         rows.append(
-            {
-                "recording_id": seg.recording_id,
-                "segment_id": seg.segment_id,
-                "estimator": NBHRNET,
-                "model_key": opts.model_key,
-                "t_start": round(start, 6),
-                "t_end": round(end, 6),
-                "hr_bpm": value,
-                "quality": quality if quality is None or np.isfinite(quality) else None,
-                "face_found": has_face if opts.roi == "face" else None,
-                "face_fraction": (1.0 if has_face else 0.0) if opts.roi == "face" else None,
-                "ref_hr_bpm": reference_hr(seg.references, start, end),
-                "ppg_r": r,
-            }
+            _nbhrnet_row(seg, opts, NBHRNET, start, end, value, quality, has_face) | {"ppg_r": r}
         )
+    for t0, t1 in spans:
+        inside = [w for s, w in chunks if s >= t0 - 1e-6 and s + NBHRNET_WINDOW_S <= t1 + 1e-6]
+        covered = len(inside) * NBHRNET_WINDOW_S >= (t1 - t0) - 1e-6
+        has_face = covered and all(w is not None for w in inside)
+        value, quality = None, None
+        if has_face:
+            value, quality = _stitched_ppg_hr(inside, opts)
+        rows.append(_nbhrnet_row(seg, opts, NBHRNET_PPG, t0, t1, value, quality, has_face))
     return rows
+
+
+def _nbhrnet_row(
+    seg: queries.ClaimedSegment,
+    opts: ProcessingOptions,
+    estimator: str,
+    start: float,
+    end: float,
+    value: float | None,
+    quality: float | None,
+    has_face: bool,
+) -> dict:
+    return {
+        "recording_id": seg.recording_id,
+        "segment_id": seg.segment_id,
+        "estimator": estimator,
+        "model_key": opts.model_key,
+        "t_start": round(start, 6),
+        "t_end": round(end, 6),
+        "hr_bpm": value,
+        "quality": quality if quality is None or np.isfinite(quality) else None,
+        "face_found": has_face if opts.roi == "face" else None,
+        "face_fraction": (1.0 if has_face else 0.0) if opts.roi == "face" else None,
+        "ref_hr_bpm": reference_hr(seg.references, start, end),
+        "ppg_r": None,
+    }
+
+
+def _stitched_ppg_hr(
+    waves: list[np.ndarray], opts: ProcessingOptions
+) -> tuple[float | None, float | None]:
+    """(HR in bpm, SNR in dB) of consecutive 2-s NBHRnet PPG outputs joined into one signal.
+
+    Each output is z-scored before joining (the model's scale and offset are per window), so
+    the spectrum of the joined signal resolves the rate far more finely than one 2-s window."""
+    parts = [(w - w.mean()) / w.std() if w.std() > 1e-9 else np.zeros_like(w) for w in waves]
+    peak = spectral_hr(bandpass(np.concatenate(parts), MODEL_FPS, opts.band), MODEL_FPS, opts.band)
+    if not np.isfinite(peak.hr_bpm):
+        return None, None
+    return float(peak.hr_bpm), float(peak.snr_db)
 
 
 def _ppg_r(predicted: np.ndarray, references: dict, start: float) -> float | None:
