@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -27,8 +28,13 @@ def mask_url(url: str) -> str:
     """The URL with its password replaced by ***, safe to print or log."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return "<unparseable database URL>"
+
+
+def _mask_unparsed(url: str) -> str:
+    """A URL that does not parse, with anything between '://user:' and '@' hidden."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 - DBAPI types vary
@@ -45,8 +51,8 @@ def make_engine(url: str) -> Engine:
     """Create an engine for `url`; raise DatabaseError with a one-line cause on bad URLs."""
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
-        raise DatabaseError(f"invalid database URL {url!r}: {exc}") from None
+    except (ArgumentError, ValueError) as exc:
+        raise DatabaseError(f"invalid database URL {_mask_unparsed(url)!r}: {exc}") from None
     kwargs: dict = {"future": True}
     if parsed.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": 60}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -117,12 +117,14 @@ class ClaimedSegment:
     n_frames: int
     options: dict[str, Any]
     references: dict[str, ReferenceSeries]
+    attempts: int = 1  # this claim included
 
 
 def claim_segment(
     session: Session, segment_id: int, worker: str, lease_s: float
 ) -> ClaimedSegment | None:
-    """Take a queued segment (or one whose lease ran out); None if it is not available.
+    """Take a queued segment (or one whose lease ran out, or that `worker` itself held); None if
+    it is not available.
 
     The conditional UPDATE is the lock: of two workers handed the same id, one gets rowcount 1.
     """
@@ -133,7 +135,12 @@ def claim_segment(
             Segment.id == segment_id,
             or_(
                 Segment.state == SegmentState.queued,
-                and_(Segment.state == SegmentState.running, Segment.lease_until < now),
+                and_(
+                    Segment.state == SegmentState.running,
+                    # Its lease ran out, or it is this very worker's (a task retried after the
+                    # database went away mid-segment): one process runs one task at a time.
+                    or_(Segment.lease_until < now, Segment.worker == worker),
+                ),
             ),
         )
         .values(
@@ -167,7 +174,39 @@ def claim_segment(
         n_frames=rec.n_frames or 0,
         options=job.options,
         references=load_references(session, rec.id),
+        attempts=seg.attempts,
     )
+
+
+def lease_wait_s(session: Session, segment_id: int) -> float | None:
+    """Seconds until the segment's current lease runs out (0 when it is claimable now); None
+    when the segment is finished (done or failed) or does not exist."""
+    row = session.execute(
+        select(Segment.state, Segment.lease_until).where(Segment.id == segment_id)
+    ).one_or_none()
+    if row is None or row.state in (SegmentState.done, SegmentState.failed):
+        return None
+    if row.state != SegmentState.running or row.lease_until is None:
+        return 0.0
+    lease_until = row.lease_until
+    if lease_until.tzinfo is None:  # SQLite hands back naive UTC
+        lease_until = lease_until.replace(tzinfo=UTC)
+    return max(0.0, (lease_until - utcnow()).total_seconds())
+
+
+def segments_to_requeue(session: Session, job_id: int | None = None) -> list[int]:
+    """Segments a broker should (again) hold a message for: queued ones (their message may have
+    been lost with the broker) and running ones whose lease ran out (their worker died)."""
+    now = utcnow()
+    q = select(Segment.id).where(
+        or_(
+            Segment.state == SegmentState.queued,
+            and_(Segment.state == SegmentState.running, Segment.lease_until < now),
+        )
+    )
+    if job_id is not None:
+        q = q.where(Segment.job_id == job_id)
+    return list(session.scalars(q.order_by(Segment.id)))
 
 
 def renew_lease(session: Session, segment_id: int, worker: str, lease_s: float) -> bool:
@@ -476,6 +515,10 @@ def model_by_ref(session: Session, ref: str) -> Model | None:
     if not sep:
         return None
     return session.scalar(select(Model).where(Model.name == name, Model.version == version))
+
+
+def model_by_sha(session: Session, sha256: str) -> Model | None:
+    return session.scalar(select(Model).where(Model.sha256 == sha256))
 
 
 def model_labels(session: Session) -> dict[str, str]:

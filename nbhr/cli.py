@@ -7,7 +7,9 @@ import csv
 import functools
 import io
 import json
+import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -180,6 +182,79 @@ def _options_from_cli(
     return opts
 
 
+# Options shared by `run` and `enqueue`: what to process and how (the job's options).
+_PLAN_OPTIONS = [
+    click.option(
+        "--estimator",
+        "estimators",
+        multiple=True,
+        help="pos, chrom, green, pbvn or nbhrnet; repeat for several (default: the four "
+        "classical ones).",
+    ),
+    click.option(
+        "--roi",
+        default="face",
+        show_default=True,
+        help="face (tracked), full (whole frame) or X,Y,W,H (fixed box, pixels).",
+    ),
+    click.option(
+        "--population",
+        type=click.Choice(["neonate", "adult"]),
+        default="neonate",
+        show_default=True,
+        help="Chooses the HR search band: 80-240 or 40-180 bpm.",
+    ),
+    click.option("--hr-range", help="HR search band LO-HI in bpm; overrides --population."),
+    click.option(
+        "--manifest",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="CSV recording,subject (default: DIRECTORY/manifest.csv if present).",
+    ),
+    click.option(
+        "--reference-table",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="CSV recording,hr_bpm with one mean reference HR per recording.",
+    ),
+    click.option(
+        "--ppg-rate",
+        default=60.0,
+        show_default=True,
+        type=click.FloatRange(1, 10000),
+        help="Sample rate (Hz) of NBHR-layout PPG/<id>.csv reference files.",
+    ),
+    click.option(
+        "--window-s",
+        default=10.0,
+        show_default=True,
+        type=float,
+        help="Analysis window length, seconds.",
+    ),
+    click.option(
+        "--hop-s", default=2.0, show_default=True, type=float, help="Window step, seconds."
+    ),
+    click.option(
+        "--segment-s",
+        default=60.0,
+        show_default=True,
+        type=float,
+        help="Video seconds per unit of work.",
+    ),
+    click.option(
+        "--model",
+        envvar="NBHR_MODEL",
+        help="NBHRnet for --estimator nbhrnet: a registered name:version or an ONNX file (default:"
+        " the bundled nbhrnet-synthetic:1).",
+    ),
+    click.option("--retry-failed", is_flag=True, help="Run failed segments again."),
+]
+
+
+def plan_options(fn: Callable) -> Callable:
+    for option in reversed(_PLAN_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
 @main.command()
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @DB_OPTION
@@ -202,65 +277,7 @@ def _options_from_cli(
     help="onnxruntime threads per worker process for NBHRnet (workers x threads should not "
     "exceed the cores).",
 )
-@click.option(
-    "--estimator",
-    "estimators",
-    multiple=True,
-    help="pos, chrom, green, pbvn or nbhrnet; repeat for several (default: the four "
-    "classical ones).",
-)
-@click.option(
-    "--roi",
-    default="face",
-    show_default=True,
-    help="face (tracked), full (whole frame) or X,Y,W,H (fixed box, pixels).",
-)
-@click.option(
-    "--population",
-    type=click.Choice(["neonate", "adult"]),
-    default="neonate",
-    show_default=True,
-    help="Chooses the HR search band: 80-240 or 40-180 bpm.",
-)
-@click.option("--hr-range", help="HR search band LO-HI in bpm; overrides --population.")
-@click.option(
-    "--manifest",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="CSV recording,subject (default: DIRECTORY/manifest.csv if present).",
-)
-@click.option(
-    "--reference-table",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="CSV recording,hr_bpm with one mean reference HR per recording.",
-)
-@click.option(
-    "--ppg-rate",
-    default=60.0,
-    show_default=True,
-    type=click.FloatRange(1, 10000),
-    help="Sample rate (Hz) of NBHR-layout PPG/<id>.csv reference files.",
-)
-@click.option(
-    "--window-s",
-    default=10.0,
-    show_default=True,
-    type=float,
-    help="Analysis window length, seconds.",
-)
-@click.option("--hop-s", default=2.0, show_default=True, type=float, help="Window step, seconds.")
-@click.option(
-    "--segment-s",
-    default=60.0,
-    show_default=True,
-    type=float,
-    help="Video seconds per unit of work.",
-)
-@click.option(
-    "--model",
-    envvar="NBHR_MODEL",
-    help="NBHRnet for --estimator nbhrnet: a registered name:version or an ONNX file.",
-)
-@click.option("--retry-failed", is_flag=True, help="Run failed segments again.")
+@plan_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary, no progress bar.")
 @friendly_errors
 def run(
@@ -268,42 +285,15 @@ def run(
     db_url: str,
     workers: int,
     model_threads: int,
-    estimators: tuple[str, ...],
-    roi: str,
-    population: str,
-    hr_range: str | None,
-    manifest: Path | None,
-    reference_table: Path | None,
-    ppg_rate: float,
-    window_s: float,
-    hop_s: float,
-    segment_s: float,
-    model: str | None,
-    retry_failed: bool,
     as_json: bool,
+    **plan_args: Any,
 ) -> None:
     """Find every video under DIRECTORY, estimate HR per window, store it in the database."""
     from db import queries
     from nbhr import analysis
-    from scheduler.discover import ManifestError, load_manifest, register_archive
     from scheduler.local import run_segments
-    from scheduler.plan import plan_job
-    from scheduler.references import ReferenceFileError, load_reference_table
 
-    model_file = _model_file(db_url, model) if model else None
-    opts = _options_from_cli(
-        estimators, roi, population, hr_range, window_s, hop_s, segment_s, model_file
-    )
-    try:
-        manifest = manifest or (directory / "manifest.csv")
-        mapping = load_manifest(manifest) if manifest.is_file() else None
-        table = load_reference_table(reference_table) if reference_table else None
-    except (ManifestError, ReferenceFileError) as exc:
-        raise click.UsageError(str(exc)) from None
-    engine = open_db(db_url)
-    with session_scope(engine) as s:
-        reg = register_archive(s, directory, mapping, table, ppg_rate)
-        plan = plan_job(s, str(directory.resolve()), reg.all_ids, opts, "local", retry_failed)
+    engine, reg, plan = register_and_plan(directory, db_url, "local", **plan_args)
     say = (lambda *a, **k: None) if as_json else click.echo
     say(
         f"{len(reg.all_ids)} videos: {len(reg.new)} new, {len(reg.known)} known, "
@@ -387,6 +377,48 @@ def run(
         )
 
 
+def register_and_plan(
+    directory: Path,
+    db_url: str,
+    executor: str,
+    estimators: tuple[str, ...],
+    roi: str,
+    population: str,
+    hr_range: str | None,
+    manifest: Path | None,
+    reference_table: Path | None,
+    ppg_rate: float,
+    window_s: float,
+    hop_s: float,
+    segment_s: float,
+    model: str | None,
+    retry_failed: bool,
+) -> tuple[Engine, Any, Any]:
+    """What `run` and `enqueue` share: check the options, register every video under
+    `directory`, and plan (and commit) a job of segments. Returns (engine, Registration, Plan)."""
+    from scheduler.discover import ManifestError, load_manifest, register_archive
+    from scheduler.plan import plan_job
+    from scheduler.references import ReferenceFileError, load_reference_table
+
+    model_file = _model_file(db_url, model) if model else None
+    if model_file is None and "nbhrnet" in estimators:
+        model_file = _bundled_model(db_url)
+    opts = _options_from_cli(
+        estimators, roi, population, hr_range, window_s, hop_s, segment_s, model_file
+    )
+    try:
+        manifest = manifest or (directory / "manifest.csv")
+        mapping = load_manifest(manifest) if manifest.is_file() else None
+        table = load_reference_table(reference_table) if reference_table else None
+    except (ManifestError, ReferenceFileError) as exc:
+        raise click.UsageError(str(exc)) from None
+    engine = open_db(db_url)
+    with session_scope(engine) as s:
+        reg = register_archive(s, directory, mapping, table, ppg_rate)
+        plan = plan_job(s, str(directory.resolve()), reg.all_ids, opts, executor, retry_failed)
+    return engine, reg, plan
+
+
 def _model_file(db_url: str, ref: str) -> Path:
     """An ONNX file, given as a path or as a registered name:version."""
     from db import queries
@@ -403,11 +435,241 @@ def _model_file(db_url: str, ref: str) -> Path:
     return path
 
 
+def _bundled_model(db_url: str) -> Path:
+    """The NBHRnet that ships with the package, registered under its name on first use so that
+    results and evaluations name it."""
+    from db import queries
+    from model.nbhrnet import (
+        BUNDLED_METRICS,
+        BUNDLED_MODEL,
+        BUNDLED_NAME,
+        BUNDLED_VERSION,
+        NBHRNetRunner,
+    )
+
+    if not BUNDLED_MODEL.is_file():
+        raise click.UsageError(f"the bundled NBHRnet {BUNDLED_MODEL} is missing; use --model")
+    runner = NBHRNetRunner(BUNDLED_MODEL)
+    with session_scope(open_db(db_url)) as s:
+        if queries.model_by_sha(s, runner.sha256) is None:
+            card = json.loads(BUNDLED_METRICS.read_text())
+            queries.register_model(
+                s,
+                BUNDLED_NAME,
+                BUNDLED_VERSION,
+                str(BUNDLED_MODEL),
+                runner.sha256,
+                runner.describe(),
+                card["trained_on"],
+                card["metrics"],
+            )
+    return BUNDLED_MODEL
+
+
 def _finish_job(engine: Engine, job_id: int) -> None:
     from db.models import Job, utcnow
 
     with session_scope(engine) as s:
         s.get_one(Job, job_id).finished_at = utcnow()
+
+
+# --- distributed: enqueue / worker / requeue / beat --------------------------------------
+
+BROKER_OPTION = click.option(
+    "--broker",
+    "broker_url",
+    envvar="NBHR_BROKER_URL",
+    default="redis://127.0.0.1:6379/0",
+    show_default=True,
+    help="Celery broker URL (Redis).",
+)
+QUEUE_OPTION = click.option(
+    "--queue",
+    envvar="NBHR_QUEUE",
+    default="nbhr",
+    show_default=True,
+    help="Queue the segment tasks go to.",
+)
+
+
+def _celery(broker_url: str, db_url: str | None = None, queue: str | None = None) -> Any:
+    """The configured Celery app (worker.celery_app reads its settings from the environment,
+    which worker processes inherit)."""
+    os.environ["NBHR_BROKER_URL"] = broker_url
+    if db_url:
+        os.environ["NBHR_DB_URL"] = db_url
+    if queue:
+        os.environ["NBHR_QUEUE"] = queue
+    from worker import celery_app
+
+    celery_app.app.conf.broker_url = broker_url
+    celery_app.app.conf.task_default_queue = celery_app.queue_name()
+    return celery_app.app
+
+
+def _check_broker(app: Any) -> None:
+    """A one-line error when the broker cannot be reached."""
+    from kombu.exceptions import OperationalError as BrokerError
+
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=5)
+    except (BrokerError, OSError) as exc:
+        raise click.ClickException(
+            f"broker {mask_broker(app.conf.broker_url)} unreachable: {exc}"
+        ) from None
+
+
+def mask_broker(url: str) -> str:
+    from kombu.utils.url import maybe_sanitize_url
+
+    return maybe_sanitize_url(url)
+
+
+@main.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@DB_OPTION
+@BROKER_OPTION
+@QUEUE_OPTION
+@plan_options
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@friendly_errors
+def enqueue(
+    directory: Path, db_url: str, broker_url: str, queue: str, as_json: bool, **plan_args: Any
+) -> None:
+    """Discover and plan DIRECTORY like `run`, commit, then publish one task per segment for
+    `nbhr worker` processes; prints the job id."""
+    from scheduler.queue import publish
+
+    app = _celery(broker_url, queue=queue)
+    _check_broker(app)
+    started = time.monotonic()
+    _, reg, plan = register_and_plan(directory, db_url, "celery", **plan_args)
+    published = publish(plan.segment_ids, queue) if plan.job_id is not None else 0
+    summary = {
+        "job_id": plan.job_id,
+        "videos": len(reg.all_ids),
+        "new": len(reg.new),
+        "segments_published": published,
+        "queue": queue,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=1))
+    elif plan.job_id is None:
+        click.echo("nothing to do: every recording is already processed with these options")
+    else:
+        click.echo(
+            f"job {plan.job_id}: {published} segments of {plan.recordings} recordings queued on "
+            f"{queue} ({len(reg.all_ids)} videos, {len(reg.new)} new) in {summary['seconds']} s"
+        )
+
+
+@main.command()
+@DB_OPTION
+@BROKER_OPTION
+@click.option(
+    "--queues",
+    "-Q",
+    envvar="NBHR_QUEUE",
+    default="nbhr",
+    show_default=True,
+    help="Comma-separated queues to consume.",
+)
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(1, 512),
+    default=None,
+    help="Worker processes (default: one per core).",
+)
+@click.option(
+    "--threads",
+    "model_threads",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="onnxruntime threads per process (default: cores / processes, at least 1).",
+)
+@click.option("--hostname", "-n", default=None, help="Worker name (default nbhr@<host>).")
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@friendly_errors
+def worker(
+    db_url: str,
+    broker_url: str,
+    queues: str,
+    concurrency: int | None,
+    model_threads: int | None,
+    hostname: str | None,
+    loglevel: str,
+) -> None:
+    """Run a Celery worker for segment tasks: late acknowledgement, requeue of tasks whose
+    process died, one task per process at a time, processes x threads = cores."""
+    cores = os.cpu_count() or 1
+    concurrency = concurrency or cores
+    threads = model_threads or max(1, cores // concurrency)
+    os.environ["NBHR_MODEL_THREADS"] = str(threads)
+    open_db(db_url)  # reachable, and migrated, before any task runs
+    app = _celery(broker_url, db_url)
+    _check_broker(app)
+    argv = [
+        "worker",
+        f"--concurrency={concurrency}",
+        f"--queues={queues}",
+        f"--loglevel={loglevel}",
+        f"--hostname={hostname or 'nbhr@%h'}",
+        "--pool=prefork",
+        "--without-mingle",
+        "--without-gossip",
+    ]
+    app.worker_main(argv)
+
+
+@main.command()
+@DB_OPTION
+@BROKER_OPTION
+@QUEUE_OPTION
+@click.option("--job", "job_id", type=int, default=None, help="Only this job's segments.")
+@friendly_errors
+def requeue(db_url: str, broker_url: str, queue: str, job_id: int | None) -> None:
+    """Publish again every queued segment and every running one whose lease ran out (after a
+    broker restart lost messages, or a worker died)."""
+    from db import queries
+    from scheduler.queue import requeue as publish_again
+
+    app = _celery(broker_url, queue=queue)
+    _check_broker(app)
+    with session_scope(open_db(db_url)) as s:
+        ids = queries.segments_to_requeue(s, job_id)
+    n = publish_again(ids, queue)
+    click.echo(f"requeued {n} segments on {queue}")
+
+
+@main.command()
+@DB_OPTION
+@BROKER_OPTION
+@QUEUE_OPTION
+@click.option(
+    "--every",
+    "every_s",
+    type=click.FloatRange(1, None),
+    default=60.0,
+    show_default=True,
+    help="Seconds between requeue passes.",
+)
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@friendly_errors
+def beat(db_url: str, broker_url: str, queue: str, every_s: float, loglevel: str) -> None:
+    """Run Celery beat: a requeue pass every --every seconds, run by the workers. Its schedule
+    lives in memory (no schedule file, nothing pickled)."""
+    from worker.celery_app import REQUEUE_TASK
+
+    open_db(db_url)
+    app = _celery(broker_url, db_url, queue)
+    _check_broker(app)
+    app.conf.beat_schedule = {
+        "requeue": {"task": REQUEUE_TASK, "schedule": every_s, "options": {"queue": queue}}
+    }
+    app.start(["beat", f"--loglevel={loglevel}", "--scheduler=celery.beat:Scheduler"])
 
 
 # --- status / results / evaluate ----------------------------------------------------------

@@ -99,6 +99,8 @@ def plan_job(
     session.add(job)
     session.flush()
     for seg in todo:
+        if seg.state == SegmentState.failed:
+            seg.attempts = 0  # a deliberate retry starts a fresh attempt budget
         seg.job_id = job.id
         seg.state = SegmentState.queued
         seg.lease_until = None

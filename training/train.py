@@ -290,14 +290,20 @@ def evaluate(
     """Validation metrics of `stage` over `windows`, in eval mode.
 
     Returns val_loss (the stage's loss without the L2 penalty, window-weighted mean),
-    val_hr_mae_bpm and val_ppg_r (mean Pearson r; None in the HR stage, which has no PPG
-    estimate). In the HR stage the HR head is fed the reference PPG, as it is trained.
+    val_hr_mae_bpm, val_hr_mape_pct (mean absolute error in percent of the reference HR) and
+    val_ppg_r (mean Pearson r; None in the HR stage, which has no PPG estimate). In the HR stage
+    the HR head is fed the reference PPG, as it is trained.
     """
     if len(windows) == 0:
-        return {"val_loss": None, "val_hr_mae_bpm": None, "val_ppg_r": None}
+        return {
+            "val_loss": None,
+            "val_hr_mae_bpm": None,
+            "val_hr_mape_pct": None,
+            "val_ppg_r": None,
+        }
     model.eval()
     stage_eval = Stage.HR if stage is Stage.HR else Stage.FUSION
-    loss_sum = mae_sum = r_sum = 0.0
+    loss_sum = mae_sum = ape_sum = r_sum = 0.0
     for start in range(0, len(windows), batch):
         idx = range(start, min(start + batch, len(windows)))
         b = load_batch(windows, idx, stage is not Stage.HR, device)
@@ -305,12 +311,14 @@ def evaluate(
         n = len(idx)
         loss_sum += float(stage_loss(stage, b, ppg, hr)) * n
         mae_sum += float((hr - b.hr).abs().sum())
+        ape_sum += float(((hr - b.hr).abs() / b.hr).sum()) * 100.0
         if ppg is not None:
             r_sum += float(pearson_r(ppg, b.ppg).sum())
     n = len(windows)
     return {
         "val_loss": loss_sum / n,
         "val_hr_mae_bpm": mae_sum / n,
+        "val_hr_mape_pct": ape_sum / n,
         "val_ppg_r": None if stage is Stage.HR else r_sum / n,
     }
 

@@ -83,8 +83,8 @@ class ProcessingOptions:
             raise ValueError("at least one estimator is needed")
         if NBHRNET in self.estimators and not self.model_path:
             raise ValueError(
-                "--estimator nbhrnet needs --model FILE.onnx (no trained default model ships "
-                "yet: train one with `nbhr train` and export it with `nbhr export-onnx`)"
+                "estimator nbhrnet needs a model file (model_path); `nbhr run` uses the bundled "
+                "one unless --model names another"
             )
         if self.model_path and NBHRNET not in self.estimators:
             raise ValueError("--model is only used by --estimator nbhrnet")

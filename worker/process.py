@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 
 from db import queries
 from db.engine import session_scope
@@ -32,9 +33,14 @@ from worker.faces import Box, FaceDetector, FaceTracker, region_mean, skin_mean
 from worker.options import NBHRNET, NBHRNET_PPG, NBHRNET_WINDOW_S, ProcessingOptions, WindowGrid
 from worker.video import VideoError, iter_frames
 
-LEASE_S = 600.0
+# A running segment's lease: renewed every RENEW_EVERY_S while it runs, so a dead worker's
+# segment is free again at most LEASE_S after its last renewal (NBHR_LEASE_S overrides).
+LEASE_S = float(os.environ.get("NBHR_LEASE_S", "120"))
+# A segment whose worker vanished this many times (killed, crashed, out of memory) fails
+# instead of taking down one more worker (NBHR_MAX_ATTEMPTS overrides).
+MAX_ATTEMPTS = int(os.environ.get("NBHR_MAX_ATTEMPTS", "3"))
 NBHRNET_BATCH = 2
-RENEW_EVERY_S = 30.0
+RENEW_EVERY_S = min(30.0, LEASE_S / 4)
 # A window counts as having a face when the face was tracked in at least this share of frames.
 MIN_FACE_FRACTION = 0.8
 
@@ -161,16 +167,27 @@ def extract_trace(
 
 
 def process_segment(engine: Engine, segment_id: int, worker: str | None = None) -> SegmentOutcome:
-    """Run one segment end to end; never raises for bad input (the error is stored)."""
+    """Run one segment end to end; never raises for bad input (the error is stored). Raises
+    sqlalchemy.exc.DBAPIError when the database fails, leaving the segment to its lease."""
     worker = worker or worker_id()
     with session_scope(engine) as s:
         claimed = queries.claim_segment(s, segment_id, worker, LEASE_S)
     if claimed is None:
         return SegmentOutcome(segment_id, "skipped")
+    if claimed.attempts > MAX_ATTEMPTS:
+        return _fail(
+            engine,
+            segment_id,
+            worker,
+            f"gave up after {claimed.attempts - 1} attempts: the worker running it was lost each "
+            "time (killed, crashed or out of memory)",
+        )
     try:
         rows, video_s, note = _compute_windows(engine, claimed, worker)
     except VideoError as exc:
         return _fail(engine, segment_id, worker, str(exc))
+    except DBAPIError:
+        raise  # the database, not the input: the caller retries (Celery) or stops (local run)
     except Exception as exc:  # noqa: BLE001 - any bug must end as a stored, readable reason
         return _fail(engine, segment_id, worker, f"{type(exc).__name__}: {exc}")
     with session_scope(engine) as s:

@@ -1,0 +1,370 @@
+"""The distributed path for real: `nbhr enqueue` publishes to Redis, `nbhr worker` processes
+(Celery prefork workers in their own OS processes) write to PostgreSQL. No eager mode, no mocks.
+
+Each test gets a fresh PostgreSQL database and its own queue; the broker is either the shared
+Redis (a database number of its own, flushed) or, where a test restarts the broker, a private
+redis-server it starts on a free port.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import create_engine, select
+
+from db.models import Segment, SegmentState, Window
+from tests.conftest import IN_CI
+from tests.helpers import NBHR, nbhr
+
+REDIS_URL = os.environ.get("NBHR_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+# Short leases so that a killed worker's segment is free again within seconds.
+LEASE_S = "6"
+JOB_TIMEOUT_S = 240.0
+# Segments of 8 s: a few per recording, each a second or two of work.
+PLAN = ("--estimator", "pos", "--estimator", "green", "--segment-s", "8")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> str:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+    except redis.RedisError as exc:
+        if IN_CI:
+            pytest.fail(f"Redis is required in CI and does not answer: {exc}")
+        pytest.skip(f"Redis not available: {exc}")
+    return REDIS_URL
+
+
+@pytest.fixture
+def broker(redis_server: str) -> str:
+    redis.Redis.from_url(redis_server).flushdb()
+    return redis_server
+
+
+@pytest.fixture
+def queue() -> str:
+    return f"nbhr_test_{uuid.uuid4().hex[:8]}"
+
+
+class Workers:
+    """`nbhr worker` processes started for one test and stopped (killed if need be) after it."""
+
+    def __init__(self, db_url: str, broker_url: str, queue: str, log_dir: Path) -> None:
+        self.db_url, self.broker_url, self.queue, self.log_dir = db_url, broker_url, queue, log_dir
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, concurrency: int = 1) -> subprocess.Popen:
+        log = (self.log_dir / f"{name}.log").open("w")
+        proc = subprocess.Popen(
+            [
+                *NBHR,
+                "worker",
+                "--db",
+                self.db_url,
+                "--broker",
+                self.broker_url,
+                "-Q",
+                self.queue,
+                "-c",
+                str(concurrency),
+                "-n",
+                f"{name}@%h",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "NBHR_LEASE_S": LEASE_S},
+            start_new_session=True,  # its own process group, so that stop() reaches the pool
+        )
+        self.procs[name] = proc
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.log_dir / f"{name}.log").read_text()
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@pytest.fixture
+def workers(pg_url: str, broker: str, queue: str, tmp_path: Path) -> Iterator[Workers]:
+    w = Workers(pg_url, broker, queue, tmp_path)
+    yield w
+    w.stop()
+
+
+def wait_for(cond: Callable[[], object], timeout: float, what: str, logs: Callable = str) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{logs()}")
+
+
+def segment_states(db_url: str) -> dict[int, tuple[str, int, str | None]]:
+    """segment id -> (state, attempts, worker)."""
+    eng = create_engine(db_url)
+    try:
+        with eng.connect() as conn:
+            rows = conn.execute(select(Segment.id, Segment.state, Segment.attempts, Segment.worker))
+            return {r.id: (SegmentState(r.state).value, r.attempts, r.worker) for r in rows}
+    finally:
+        eng.dispose()
+
+
+def window_keys(db_url: str) -> list[tuple]:
+    eng = create_engine(db_url)
+    try:
+        with eng.connect() as conn:
+            return sorted(
+                conn.execute(
+                    select(Window.recording_id, Window.estimator, Window.t_start, Window.hr_bpm)
+                ).all()
+            )
+    finally:
+        eng.dispose()
+
+
+def all_done(db_url: str) -> bool:
+    states = segment_states(db_url)
+    return bool(states) and all(s in ("done", "failed") for s, _, _ in states.values())
+
+
+@pytest.fixture(scope="module")
+def local_windows(demo_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> list[tuple]:
+    """What `nbhr run` (local pool, SQLite) writes for the same archive and options: the
+    distributed path must write exactly this."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('local') / 'local.sqlite'}"
+    nbhr("run", demo_archive, "--db", url, *PLAN, "--json")
+    return window_keys(url)
+
+
+def enqueue(archive: Path, db_url: str, broker_url: str, queue: str) -> None:
+    nbhr("enqueue", archive, "--db", db_url, "--broker", broker_url, "--queue", queue, *PLAN)
+
+
+def test_two_workers_write_what_the_local_run_writes(
+    demo_archive: Path, pg_url: str, broker: str, queue: str, workers: Workers, local_windows
+) -> None:
+    enqueue(demo_archive, pg_url, broker, queue)
+    workers.start("a")
+    workers.start("b")
+    wait_for(lambda: all_done(pg_url), JOB_TIMEOUT_S, "the job", lambda: workers.log("a"))
+    assert window_keys(pg_url) == local_windows
+    states = segment_states(pg_url)
+    assert {s for s, _, _ in states.values()} == {"done"}
+    assert all(attempts == 1 for _, attempts, _ in states.values())
+    # Both hosts' workers took part (worker ids are host:pid of the pool process).
+    assert len({w for _, _, w in states.values()}) >= 2
+    status = nbhr("status", "--db", pg_url, "--json").stdout
+    assert '"workers"' in status
+
+
+def test_sigkill_mid_segment_is_finished_by_another_worker(
+    demo_archive: Path, pg_url: str, broker: str, queue: str, workers: Workers, local_windows
+) -> None:
+    enqueue(demo_archive, pg_url, broker, queue)
+    workers.start("a")
+    running = wait_for(
+        lambda: [(sid, w) for sid, (s, _, w) in segment_states(pg_url).items() if s == "running"],
+        60,
+        "a running segment",
+        lambda: workers.log("a"),
+    )
+    sid, victim = running[0]
+    pid = int(victim.rsplit(":", 1)[1])
+    os.kill(pid, signal.SIGKILL)  # the pool process, in the middle of the segment
+    workers.start("b")
+    wait_for(lambda: all_done(pg_url), JOB_TIMEOUT_S, "the job", lambda: workers.log("a"))
+    state, attempts, worker = segment_states(pg_url)[sid]
+    assert state == "done" and attempts == 2 and worker != victim
+    # Exactly one row per window: nothing lost, nothing twice.
+    assert window_keys(pg_url) == local_windows
+
+
+def test_a_task_delivered_twice_writes_one_set_of_windows(
+    demo_archive: Path, pg_url: str, broker: str, queue: str, workers: Workers, local_windows
+) -> None:
+    enqueue(demo_archive, pg_url, broker, queue)
+    # Every segment a second time, then once more after all are done.
+    env = {"NBHR_BROKER_URL": broker, "NBHR_DB_URL": pg_url}
+    publish_all = (
+        "from db.engine import engine_for, session_scope\n"
+        "from db.models import Segment\n"
+        "from sqlalchemy import select\n"
+        "from scheduler.queue import publish\n"
+        f"with session_scope(engine_for({pg_url!r})) as s:\n"
+        "    ids = list(s.scalars(select(Segment.id)))\n"
+        f"publish(ids, {queue!r})\n"
+    )
+    subprocess.run([sys.executable, "-c", publish_all], check=True, env={**os.environ, **env})
+    workers.start("a")
+    workers.start("b")
+    wait_for(lambda: all_done(pg_url), JOB_TIMEOUT_S, "the job", lambda: workers.log("a"))
+    subprocess.run([sys.executable, "-c", publish_all], check=True, env={**os.environ, **env})
+    r = redis.Redis.from_url(broker)
+    wait_for(lambda: r.llen(queue) == 0, 60, "the queue to drain")
+    time.sleep(2)  # the last deliveries finish (they find the segment done)
+    assert window_keys(pg_url) == local_windows
+    assert all(a == 1 for _, a, _ in segment_states(pg_url).values())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path, redis_server: str) -> Iterator[Callable[[], subprocess.Popen]]:
+    """A redis-server of this test's own, which it may stop and start again; like the
+    production broker it keeps nothing on disk."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        if IN_CI:
+            pytest.fail("redis-server is required in CI")
+        pytest.skip("redis-server not installed")
+    port = _free_port()
+    procs: list[subprocess.Popen] = []
+
+    def start() -> subprocess.Popen:
+        args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
+        proc = subprocess.Popen([*args, "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+        procs.append(proc)
+        url = f"redis://127.0.0.1:{port}/0"
+        wait_for(lambda: _pings(url), 10, "redis-server to start")
+        start.url = url  # type: ignore[attr-defined]
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _pings(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+def test_redis_restart_loses_messages_and_requeue_recovers_them(
+    demo_archive: Path,
+    pg_url: str,
+    queue: str,
+    tmp_path: Path,
+    private_redis,
+    local_windows,
+) -> None:
+    server = private_redis()
+    url = private_redis.url
+    enqueue(demo_archive, pg_url, url, queue)
+    w = Workers(pg_url, url, queue, tmp_path)
+    try:
+        w.start("a")
+        wait_for(
+            lambda: any(s == "done" for s, _, _ in segment_states(pg_url).values()),
+            60,
+            "a first finished segment",
+            lambda: w.log("a"),
+        )
+        pending = [sid for sid, (s, _, _) in segment_states(pg_url).items() if s == "queued"]
+        assert pending, "the job ended before the broker could be restarted"
+        server.terminate()  # the broker goes away with every queued message
+        server.wait()
+        private_redis()
+        assert redis.Redis.from_url(url).llen(queue) == 0  # nothing came back
+        time.sleep(float(LEASE_S) + 1)  # a segment running at the restart may need its lease
+        nbhr("requeue", "--db", pg_url, "--broker", url, "--queue", queue)
+        wait_for(lambda: all_done(pg_url), JOB_TIMEOUT_S, "the job", lambda: w.log("a"))
+    finally:
+        w.stop()
+    assert {s for s, _, _ in segment_states(pg_url).values()} == {"done"}
+    assert window_keys(pg_url) == local_windows
+
+
+@pytest.fixture
+def pg_proxy(pg_url: str) -> Iterator[Callable[[], subprocess.Popen]]:
+    """start() runs tests/tcp_proxy.py in front of PostgreSQL on a fixed free port and returns
+    the process; start.url is pg_url through it."""
+    from sqlalchemy.engine import make_url
+
+    target = make_url(pg_url)
+    port = _free_port()
+    procs: list[subprocess.Popen] = []
+
+    def start() -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.tcp_proxy", str(port), target.host, str(target.port)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        procs.append(proc)
+        return proc
+
+    start.url = target.set(port=port).render_as_string(hide_password=False)  # type: ignore[attr-defined]
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_database_outage_tasks_back_off_and_finish_when_it_returns(
+    demo_archive: Path,
+    pg_url: str,
+    broker: str,
+    queue: str,
+    tmp_path: Path,
+    pg_proxy,
+    local_windows,
+) -> None:
+    proxy = pg_proxy()
+    via_proxy = pg_proxy.url
+    enqueue(demo_archive, pg_url, broker, queue)
+    w = Workers(via_proxy, broker, queue, tmp_path)
+    try:
+        w.start("a")
+        wait_for(
+            lambda: any(s == "done" for s, _, _ in segment_states(pg_url).values()),
+            60,
+            "a first finished segment",
+            lambda: w.log("a"),
+        )
+        proxy.kill()  # PostgreSQL is now unreachable for the worker
+        proxy.wait()
+        down = nbhr("status", "--db", via_proxy, check=False)
+        assert down.returncode == 1
+        assert down.stderr.startswith("Error: cannot connect to database")
+        assert len(down.stderr.strip().splitlines()) == 1 and "Traceback" not in down.stderr
+        wait_for(lambda: "database unavailable" in w.log("a"), 60, "a retry", lambda: w.log("a"))
+        time.sleep(3)
+        pg_proxy()
+        wait_for(lambda: all_done(pg_url), JOB_TIMEOUT_S, "the job", lambda: w.log("a"))
+    finally:
+        w.stop()
+    assert {s for s, _, _ in segment_states(pg_url).values()} == {"done"}
+    assert window_keys(pg_url) == local_windows
