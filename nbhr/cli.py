@@ -309,7 +309,9 @@ def run(
             f"job {plan.job_id}: {len(plan.segment_ids)} segments of {plan.recordings} recordings "
             f"({plan.video_s / 60:.1f} min of video) on {workers} process(es)"
         )
-        stream = run_segments(db_url, plan.segment_ids, workers, model_threads)
+        stream = run_segments(
+            db_url, plan.segment_ids, workers, model_threads, [str(directory.resolve())]
+        )
         show = not as_json and sys.stderr.isatty()
         with (
             click.progressbar(
@@ -590,6 +592,14 @@ def enqueue(
     default=None,
     help="onnxruntime threads per process (default: cores / processes, at least 1).",
 )
+@click.option(
+    "--archive-root",
+    "archive_roots",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Directory the worker may read videos under (repeatable; env NBHR_ARCHIVE_ROOTS, "
+    "os.pathsep-separated). Required: files elsewhere, symbolic links out included, are refused.",
+)
 @click.option("--hostname", "-n", default=None, help="Worker name (default nbhr@<host>).")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @friendly_errors
@@ -599,6 +609,7 @@ def worker(
     queues: str,
     concurrency: int | None,
     model_threads: int | None,
+    archive_roots: tuple[str, ...],
     hostname: str | None,
     loglevel: str,
 ) -> None:
@@ -608,6 +619,16 @@ def worker(
     concurrency = concurrency or cores
     threads = model_threads or max(1, cores // concurrency)
     os.environ["NBHR_MODEL_THREADS"] = str(threads)
+    if archive_roots:
+        os.environ["NBHR_ARCHIVE_ROOTS"] = os.pathsep.join(
+            str(Path(r).resolve()) for r in archive_roots
+        )
+    from worker.celery_app import archive_roots as configured_roots
+
+    try:
+        configured_roots()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     open_db(db_url)  # reachable, and migrated, before any task runs
     app = _celery(broker_url, db_url)
     _check_broker(app)

@@ -16,10 +16,10 @@ from worker.process import SegmentOutcome, init_process, process_segment
 _DB_URL: str | None = None
 
 
-def _init(db_url: str, model_threads: int) -> None:
+def _init(db_url: str, model_threads: int, archive_roots: list[str] | None) -> None:
     global _DB_URL
     _DB_URL = db_url
-    init_process(model_threads)
+    init_process(model_threads, archive_roots)
 
 
 def _run(segment_id: int) -> SegmentOutcome:
@@ -32,18 +32,20 @@ def run_segments(
     segment_ids: list[int],
     workers: int = 1,
     model_threads: int = 1,
+    archive_roots: list[str] | None = None,
 ) -> Iterator[SegmentOutcome]:
     """Run segments on `workers` processes (in this process when workers == 1), each with
-    `model_threads` onnxruntime threads for NBHRnet, yielding each outcome as it finishes."""
+    `model_threads` onnxruntime threads for NBHRnet and reading only under `archive_roots`
+    (None: anywhere), yielding each outcome as it finishes."""
     if workers <= 1:
-        _init(db_url, model_threads)
+        _init(db_url, model_threads, archive_roots)
         for sid in segment_ids:
             yield _run(sid)
         return
     # spawn, not fork: a forked child would inherit the parent's open database connections.
     ctx = mp.get_context("spawn")
     with ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init, initargs=(db_url, model_threads)
+        workers, mp_context=ctx, initializer=_init, initargs=(db_url, model_threads, archive_roots)
     ) as pool:
         futures = [pool.submit(_run, sid) for sid in segment_ids]
         try:

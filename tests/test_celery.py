@@ -8,12 +8,14 @@ redis-server it starts on a free port.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,9 +25,9 @@ import pytest
 import redis
 from sqlalchemy import create_engine, select
 
-from db.models import Segment, SegmentState, Window
+from db.models import Recording, Segment, SegmentState, Window
 from tests.conftest import IN_CI
-from tests.helpers import NBHR, nbhr
+from tests.helpers import NBHR, nbhr, nbhr_json
 
 REDIS_URL = os.environ.get("NBHR_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 # Short leases so that a killed worker's segment is free again within seconds.
@@ -63,6 +65,8 @@ class Workers:
     def __init__(self, db_url: str, broker_url: str, queue: str, log_dir: Path) -> None:
         self.db_url, self.broker_url, self.queue, self.log_dir = db_url, broker_url, queue, log_dir
         self.procs: dict[str, subprocess.Popen] = {}
+        # Where the workers may read: the test session's temporary directories.
+        self.roots = [tempfile.gettempdir()]
 
     def start(self, name: str, concurrency: int = 1) -> subprocess.Popen:
         log = (self.log_dir / f"{name}.log").open("w")
@@ -80,6 +84,7 @@ class Workers:
                 str(concurrency),
                 "-n",
                 f"{name}@%h",
+                *(f"--archive-root={r}" for r in self.roots),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -368,3 +373,109 @@ def test_database_outage_tasks_back_off_and_finish_when_it_returns(
         w.stop()
     assert {s for s, _, _ in segment_states(pg_url).values()} == {"done"}
     assert window_keys(pg_url) == local_windows
+
+
+def test_poisoned_recordings_fail_with_a_reason_and_do_not_block_the_queue(
+    demo: object, pg_url: str, broker: str, queue: str, workers: Workers, tmp_path: Path
+) -> None:
+    """Two kinds of poison: a file that went bad after it was planned (decoding fails: the
+    reason is stored at once), and a segment whose worker dies every time it runs it (here:
+    SIGKILLed each time it is claimed), which fails after NBHR_MAX_ATTEMPTS (3) attempts."""
+    archive = tmp_path / "archive"
+    shutil.copytree(demo.root, archive)  # type: ignore[attr-defined]
+    face = [r.recording for r in demo.recordings if r.has_face]  # type: ignore[attr-defined]
+    enqueue(archive, pg_url, broker, queue)
+    # The file goes bad after planning: same size, garbage inside.
+    bad = archive / face[0]
+    bad.write_bytes(os.urandom(bad.stat().st_size))
+    eng = create_engine(pg_url)
+    with eng.connect() as conn:
+        killer_rec = conn.scalar(select(Recording.id).where(Recording.path.like(f"%{face[1]}")))
+        target = conn.scalar(
+            select(Segment.id).where(Segment.recording_id == killer_rec).order_by(Segment.t_start)
+        )
+    eng.dispose()
+    workers.start("a")
+    killed: set[int] = set()
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while not all_done(pg_url) and time.monotonic() < deadline:
+        state, _, worker = segment_states(pg_url)[target]
+        if state == "running" and worker is not None:
+            pid = int(worker.rsplit(":", 1)[1])
+            if pid not in killed:
+                killed.add(pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    assert all_done(pg_url), workers.log("a")
+    assert len(killed) == 3
+    states = segment_states(pg_url)
+    assert states[target][0] == "failed" and states[target][1] == 4
+    failures = {
+        f["recording"]: f["error"]
+        for f in nbhr_json("status", "--db", pg_url, "--json")["failures"]
+    }
+    assert "gave up after 3 attempts" in failures[str(archive / face[1])]
+    assert str(archive / face[0]) in failures and failures[str(archive / face[0])]
+    # Every other segment ran: the poison blocked nothing.
+    others = [s for sid, (s, _, _) in states.items() if sid != target]
+    assert "done" in others
+
+
+def test_workers_read_only_under_their_archive_roots_mask_credentials_and_refuse_pickle(
+    demo: object, pg_url: str, broker: str, queue: str, workers: Workers, tmp_path: Path
+) -> None:
+    from nbhr.demo import write_demo_archive
+
+    archive = tmp_path / "archive"
+    shutil.copytree(demo.root, archive)  # type: ignore[attr-defined]
+    outside = write_demo_archive(tmp_path / "outside", subjects=1, seconds=12.0, seed=3)
+    escaping = archive / "video" / "escape.avi"
+    escaping.symlink_to(outside.root / outside.recordings[0].recording)
+    enqueue(archive, pg_url, broker, queue)
+
+    # No archive root: the worker does not start.
+    env = {k: v for k, v in os.environ.items() if k != "NBHR_ARCHIVE_ROOTS"}
+    refused = subprocess.run(
+        [*NBHR, "worker", "--db", pg_url, "--broker", broker, "-Q", queue],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert refused.returncode == 2 and "NBHR_ARCHIVE_ROOTS is not set" in refused.stderr
+
+    # A password in the database URL (trust authentication ignores it) appears nowhere.
+    secret = f"pw-s3cret-{os.getpid()}"
+    from sqlalchemy.engine import make_url
+
+    workers.db_url = make_url(pg_url).set(password=secret).render_as_string(hide_password=False)
+    workers.roots = [str(archive)]
+    workers.start("a")
+    wait_for(lambda: all_done(pg_url), JOB_TIMEOUT_S, "the job", lambda: workers.log("a"))
+    status = nbhr_json("status", "--db", pg_url, "--json")
+    failures = {f["recording"]: f["error"] for f in status["failures"]}
+    assert "outside this worker's archive roots" in failures[str(escaping)]
+    assert "symbolic link" in failures[str(escaping)]
+    done = [r for r in demo.recordings if r.has_face]  # type: ignore[attr-defined]
+    assert all(str(archive / r.recording) not in failures for r in done)
+
+    # A pickled message is refused, not run.
+    code = (
+        "from worker.celery_app import app, SEGMENT_TASK\n"
+        f"app.send_task(SEGMENT_TASK, args=(1,), queue={queue!r}, serializer='pickle')\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        env={**os.environ, "NBHR_BROKER_URL": broker},
+    )
+    wait_for(
+        lambda: "untrusted content" in workers.log("a"), 30, "the refusal", lambda: workers.log("a")
+    )
+    down = nbhr(
+        "status", "--db", workers.db_url.replace(str(make_url(pg_url).port), "1"), check=False
+    )
+    assert down.returncode == 1
+    for text in (workers.log("a"), down.stderr, down.stdout, refused.stderr):
+        assert secret not in text

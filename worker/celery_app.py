@@ -13,6 +13,8 @@ and docker-compose all configure it the same way:
   NBHR_MAX_MEMORY_PER_CHILD_MB  ... or once its resident memory passes this (default 4096)
   NBHR_MODEL_THREADS         onnxruntime threads per worker process (default 1)
   NBHR_DB_RETRIES            retries of a task while the database is unreachable (default 30)
+  NBHR_ARCHIVE_ROOTS         directories (os.pathsep-separated) the worker may read videos
+                             under; required: a worker without it refuses to start
 
 Messages carry segment ids only, serialised as JSON; results are not stored (the database is
 where results go).
@@ -59,6 +61,20 @@ def db_url() -> str:
     return url
 
 
+def archive_roots() -> list[str]:
+    """NBHR_ARCHIVE_ROOTS as a list; ValueError when unset or naming no existing directory."""
+    roots = [r for r in os.environ.get("NBHR_ARCHIVE_ROOTS", "").split(os.pathsep) if r]
+    if not roots:
+        raise ValueError(
+            "NBHR_ARCHIVE_ROOTS is not set: a worker reads videos only under the archive roots "
+            "it is given (--archive-root)"
+        )
+    missing = [r for r in roots if not os.path.isdir(r)]
+    if missing:
+        raise ValueError(f"archive root {missing[0]} is not a directory")
+    return roots
+
+
 def make_app() -> Celery:
     app = Celery("nbhr", broker=broker_url(), set_as_current=True)
     app.conf.update(
@@ -94,12 +110,19 @@ def _init_worker_process(**_: Any) -> None:
     face detector and onnxruntime session are created on first use, in the process."""
     from worker.process import init_process
 
-    init_process(_env_int("NBHR_MODEL_THREADS", 1))
+    init_process(_env_int("NBHR_MODEL_THREADS", 1), archive_roots())
 
 
 @signals.worker_init.connect
-def _announce(**_: Any) -> None:
-    log.info("nbhr worker: database %s, queue %s", mask_url(db_url()), queue_name())
+def _check_settings(**_: Any) -> None:
+    """Refuse to start without a database or archive roots (before any task is taken)."""
+    roots = archive_roots()
+    log.info(
+        "nbhr worker: database %s, queue %s, archive roots %s",
+        mask_url(db_url()),
+        queue_name(),
+        os.pathsep.join(roots),
+    )
 
 
 @app.task(bind=True, name=SEGMENT_TASK, max_retries=None)

@@ -1,7 +1,7 @@
 """The per-segment processing function: the one unit of work that every executor runs.
 
-`process_segment(engine, segment_id)` is called by the local process pool today and by the
-Celery task later; it needs only ids, claims the segment with a lease, decodes its frames once,
+`process_segment(engine, segment_id)` is called by the local process pool and by the Celery
+task; it needs only ids, claims the segment with a lease, decodes its frames once,
 tracks the face, runs every requested estimator on every window, and writes all windows of the
 segment plus the segment's new state in one transaction.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -51,16 +51,22 @@ def worker_id() -> str:
 
 # onnxruntime intra-op threads of this process's NBHRnet sessions (init_process sets it).
 _MODEL_THREADS = 1
+# Directories this process may read videos under (resolved); None: no restriction.
+_ARCHIVE_ROOTS: tuple[Path, ...] | None = None
 
 
-def init_process(model_threads: int = 1) -> None:
+def init_process(model_threads: int = 1, archive_roots: Sequence[str | Path] | None = None) -> None:
     """Per-process set-up for pool and Celery workers: one OpenCV thread (its own pool would
-    fight the other worker processes for the same cores) and `model_threads` onnxruntime
-    threads for NBHRnet (processes x threads should not exceed the cores)."""
-    global _MODEL_THREADS
+    fight the other worker processes for the same cores), `model_threads` onnxruntime threads
+    for NBHRnet (processes x threads should not exceed the cores), and the archive roots it
+    may read under (None: anywhere)."""
+    global _MODEL_THREADS, _ARCHIVE_ROOTS
     if model_threads < 1:
         raise ValueError(f"model_threads must be >= 1, got {model_threads}")
     _MODEL_THREADS = model_threads
+    _ARCHIVE_ROOTS = (
+        None if archive_roots is None else tuple(Path(r).resolve() for r in archive_roots)
+    )
     nbhrnet_runner.cache_clear()
     cv2.setNumThreads(1)
 
@@ -183,6 +189,7 @@ def process_segment(engine: Engine, segment_id: int, worker: str | None = None) 
             "time (killed, crashed or out of memory)",
         )
     try:
+        check_readable(Path(claimed.path))
         rows, video_s, note = _compute_windows(engine, claimed, worker)
     except VideoError as exc:
         return _fail(engine, segment_id, worker, str(exc))
@@ -199,6 +206,20 @@ def process_segment(engine: Engine, segment_id: int, worker: str | None = None) 
             queries.add_recording_note(s, claimed.recording_id, note)
         queries.refresh_recording_status(s, claimed.recording_id, claimed.config_key)
     return SegmentOutcome(segment_id, "done", n_windows=len(rows), video_s=video_s)
+
+
+def check_readable(path: Path) -> None:
+    """Raise VideoError unless `path`, with every symbolic link resolved, lies under one of
+    this process's archive roots."""
+    if _ARCHIVE_ROOTS is None:
+        return
+    real = path.resolve()
+    if not any(real.is_relative_to(root) for root in _ARCHIVE_ROOTS):
+        via = f" (through a symbolic link to {real})" if real != path.absolute() else ""
+        raise VideoError(
+            f"refused to read {path}{via}: outside this worker's archive roots "
+            f"({', '.join(map(str, _ARCHIVE_ROOTS))}; NBHR_ARCHIVE_ROOTS)"
+        )
 
 
 def _fail(engine: Engine, segment_id: int, worker: str, reason: str) -> SegmentOutcome:
