@@ -583,6 +583,7 @@ def enqueue(
     "-c",
     type=click.IntRange(1, 512),
     default=None,
+    envvar="NBHR_CONCURRENCY",
     help="Worker processes (default: one per core).",
 )
 @click.option(

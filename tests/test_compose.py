@@ -23,7 +23,7 @@ def _code_env_vars() -> set[str]:
 def test_compose_services_are_runnable() -> None:
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"postgres", "migrate", "run"} <= set(services)
+    assert {"postgres", "redis", "migrate", "worker", "beat", "flower", "run"} <= set(services)
     read_by_code = _code_env_vars()
     for name, svc in services.items():
         build = svc.get("build")
@@ -43,7 +43,20 @@ def test_compose_services_are_runnable() -> None:
         for dep in svc.get("depends_on", {}):
             assert dep in services
     assert "pgdata" in compose["volumes"]
-    assert "healthcheck" in services["postgres"]
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in services["postgres"]["volumes"])
+    checks = {n: " ".join(s.get("healthcheck", {}).get("test", [])) for n, s in services.items()}
+    assert "pg_isready" in checks["postgres"]
+    assert "redis-cli ping" in checks["redis"]
+    assert "celery -A worker.celery_app inspect ping" in checks["worker"]
+    assert (REPO / "worker" / "celery_app.py").is_file()
+    # `--scale worker=N` needs no fixed name and no host port on the worker.
+    assert "container_name" not in services["worker"] and "ports" not in services["worker"]
+    # Workers only read the archive they are given, and find the broker and database.
+    env = services["worker"]["environment"]
+    assert env["NBHR_ARCHIVE_ROOTS"] == "/archive"
+    assert env["NBHR_BROKER_URL"].startswith("redis://redis:")
+    assert "@postgres:5432/" in env["NBHR_DB_URL"]
+    assert services["flower"]["environment"]["CELERY_BROKER_URL"] == env["NBHR_BROKER_URL"]
 
 
 def test_dockerfile_copies_every_package() -> None:
