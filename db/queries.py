@@ -362,28 +362,88 @@ def processing_speed(session: Session) -> dict[str, float | None]:
     return out
 
 
-def worker_stats(session: Session) -> list[dict[str, Any]]:
-    """Per worker (host:pid): segments finished, video seconds and windows it processed."""
+def worker_stats(session: Session, job_id: int | None = None) -> list[dict[str, Any]]:
+    """Per worker (host:pid) over its finished segments (of `job_id`, or of all jobs): segments,
+    video seconds and windows it processed, seconds it spent on them, and its throughput in
+    video seconds per busy second."""
+    q = select(
+        Segment.worker, Segment.video_s, Segment.n_windows, Segment.started_at, Segment.finished_at
+    ).where(Segment.worker.is_not(None), Segment.state == SegmentState.done)
+    if job_id is not None:
+        q = q.where(Segment.job_id == job_id)
+    per: dict[str, dict[str, Any]] = {}
+    for worker, video_s, n_windows, t0, t1 in session.execute(q):
+        w = per.setdefault(
+            worker,
+            {
+                "worker": worker,
+                "host": worker.rsplit(":", 1)[0],
+                "segments": 0,
+                "video_s": 0.0,
+                "windows": 0,
+                "busy_s": 0.0,
+            },
+        )
+        w["segments"] += 1
+        w["video_s"] += float(video_s or 0.0)
+        w["windows"] += int(n_windows or 0)
+        if t0 is not None and t1 is not None:
+            w["busy_s"] += max(0.0, (_naive(t1) - _naive(t0)).total_seconds())
+    for w in per.values():
+        w["video_s_per_busy_s"] = w["video_s"] / w["busy_s"] if w["busy_s"] > 0 else None
+    return [per[k] for k in sorted(per)]
+
+
+def job_progress(session: Session, job_id: int | None = None) -> dict[str, Any] | None:
+    """Progress of `job_id` (default: the latest job): segments by state, video seconds done
+    and left, throughput since its first segment started (video s per wall s) and the ETA in
+    seconds at that rate (None until a segment is done, 0 when nothing is left)."""
+    job_id = job_id or session.scalar(select(func.max(Job.id)))
+    if job_id is None:
+        return None
     rows = session.execute(
         select(
-            Segment.worker,
-            func.count(),
-            func.sum(Segment.video_s),
-            func.sum(Segment.n_windows),
-        )
-        .where(Segment.worker.is_not(None), Segment.state == SegmentState.done)
-        .group_by(Segment.worker)
-        .order_by(Segment.worker)
-    )
-    return [
-        {"worker": w, "segments": n, "video_s": float(v or 0.0), "windows": int(k or 0)}
-        for w, n, v, k in rows
-    ]
+            Segment.state,
+            Segment.t_start,
+            Segment.t_end,
+            Segment.video_s,
+            Segment.started_at,
+            Segment.finished_at,
+        ).where(Segment.job_id == job_id)
+    ).all()
+    counts = {state.value: 0 for state in SegmentState}
+    done_s = left_s = 0.0
+    starts, ends = [], []
+    for state, a, b, video_s, started, finished in rows:
+        counts[SegmentState(state).value] += 1
+        if state == SegmentState.done:
+            done_s += float(video_s or (b - a))
+        elif state != SegmentState.failed:
+            left_s += b - a
+        if started is not None:
+            starts.append(_naive(started))
+        if finished is not None:
+            ends.append(_naive(finished))
+    # Wall time so far, or, once nothing is left, up to the last segment's end.
+    end = _naive(utcnow()) if left_s > 0 or not ends else max(ends)
+    elapsed = (end - min(starts)).total_seconds() if starts else None
+    rate = done_s / elapsed if elapsed and done_s > 0 else None
+    eta = 0.0 if left_s == 0 else (left_s / rate if rate else None)
+    return {
+        "job_id": job_id,
+        "segments": counts,
+        "video_s_done": done_s,
+        "video_s_left": left_s,
+        "elapsed_s": elapsed,
+        "video_s_per_s": rate,
+        "eta_s": eta,
+        "hosts": len({w["host"] for w in worker_stats(session, job_id)}),
+    }
 
 
 def _naive(t: datetime) -> datetime:
-    # SQLite returns naive datetimes (stored as UTC), PostgreSQL aware ones: compare alike.
-    return t.replace(tzinfo=None) if t.tzinfo is None else t.astimezone().replace(tzinfo=None)
+    # SQLite returns naive datetimes (stored as UTC), PostgreSQL aware ones: compare as naive UTC.
+    return t if t.tzinfo is None else t.astimezone(UTC).replace(tzinfo=None)
 
 
 # --- results -------------------------------------------------------------------------------

@@ -699,10 +699,14 @@ def beat(db_url: str, broker_url: str, queue: str, every_s: float, loglevel: str
 
 @main.command()
 @DB_OPTION
+@click.option(
+    "--job", "job_id", type=int, default=None, help="Progress of this job (default: latest)."
+)
 @click.option("--json", "as_json", is_flag=True)
 @friendly_errors
-def status(db_url: str, as_json: bool) -> None:
-    """Recordings and segments by state, failures, windows written, processing speed."""
+def status(db_url: str, job_id: int | None, as_json: bool) -> None:
+    """Recordings and segments by state, failures, windows written, processing speed, the
+    job's progress and ETA, and per-worker throughput; safe to run while a job runs."""
     from db import queries
     from db.models import Recording, Segment
 
@@ -716,7 +720,8 @@ def status(db_url: str, as_json: bool) -> None:
             "failures": queries.failures(s),
             "video_s_per_s": speed["video_s_per_s"],
             "last_job_video_s": speed["video_s"],
-            "workers": queries.worker_stats(s),
+            "job": queries.job_progress(s, job_id),
+            "workers": queries.worker_stats(s, job_id),
         }
     if as_json:
         click.echo(json.dumps(data, indent=1))
@@ -730,8 +735,32 @@ def status(db_url: str, as_json: bool) -> None:
             f"speed:      {data['video_s_per_s']:.1f} video s per wall s (last job, "
             f"{data['last_job_video_s']:.0f} s of video)"
         )
+    job = data["job"]
+    if job is not None:
+        n = job["segments"]
+        total = sum(n.values())
+        eta = job["eta_s"]
+        click.echo(
+            f"job {job['job_id']}:     {n['done'] + n['failed']}/{total} segments finished, "
+            f"{job['video_s_left']:.0f} s of video left"
+            + (f", {job['video_s_per_s']:.1f} video s per wall s" if job["video_s_per_s"] else "")
+            + (f", ETA {_duration(eta)}" if eta else "")
+            + f" ({job['hosts']} host(s))"
+        )
+    for w in data["workers"]:
+        rate = w["video_s_per_busy_s"]
+        click.echo(
+            f"worker:     {w['worker']}: {w['segments']} segments, {w['video_s']:.0f} s of video"
+            + (f", {rate:.1f} video s per busy s" if rate else "")
+        )
     for f in data["failures"]:
         click.echo(f"failed:     {f['recording']}: {f['error']}")
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 @main.command()

@@ -9,6 +9,7 @@ redis-server it starts on a free port.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -24,7 +25,9 @@ from pathlib import Path
 import pytest
 import redis
 from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
 
+from db import queries
 from db.models import Recording, Segment, SegmentState, Window
 from tests.conftest import IN_CI
 from tests.helpers import NBHR, nbhr, nbhr_json
@@ -174,15 +177,31 @@ def test_two_workers_write_what_the_local_run_writes(
     enqueue(demo_archive, pg_url, broker, queue)
     workers.start("a")
     workers.start("b")
+    # While it runs: an ETA once a segment is done and others are left.
+    eng = create_engine(pg_url)
+
+    def mid_run() -> dict | None:
+        with Session(eng) as s:
+            job = queries.job_progress(s)
+        left = job is not None and job["video_s_left"] > 0
+        return job if left and job["segments"]["done"] >= 1 else None
+
+    job = wait_for(mid_run, JOB_TIMEOUT_S, "a job half done", lambda: workers.log("a"))
+    assert job["eta_s"] > 0 and job["video_s_per_s"] > 0
+    during = json.loads(nbhr("status", "--db", pg_url, "--json").stdout)
+    assert during["job"]["job_id"] == job["job_id"]
     wait_for(lambda: all_done(pg_url), JOB_TIMEOUT_S, "the job", lambda: workers.log("a"))
+    eng.dispose()
     assert window_keys(pg_url) == local_windows
     states = segment_states(pg_url)
     assert {s for s, _, _ in states.values()} == {"done"}
     assert all(attempts == 1 for _, attempts, _ in states.values())
-    # Both hosts' workers took part (worker ids are host:pid of the pool process).
+    # Both workers took part (worker ids are host:pid of the pool process).
     assert len({w for _, _, w in states.values()}) >= 2
-    status = nbhr("status", "--db", pg_url, "--json").stdout
-    assert '"workers"' in status
+    status = nbhr_json("status", "--db", pg_url, "--json")
+    assert status["job"]["eta_s"] == 0 and status["job"]["segments"]["done"] == len(states)
+    assert sum(w["segments"] for w in status["workers"]) == len(states)
+    assert all(w["video_s_per_busy_s"] > 0 for w in status["workers"])
 
 
 def test_sigkill_mid_segment_is_finished_by_another_worker(
