@@ -620,6 +620,8 @@ def worker(
     concurrency = concurrency or cores
     threads = model_threads or max(1, cores // concurrency)
     os.environ["NBHR_MODEL_THREADS"] = str(threads)
+    # What this worker publishes (requeue and watch passes) goes to the first queue it consumes.
+    os.environ["NBHR_QUEUE"] = queues.split(",")[0].strip()
     if archive_roots:
         os.environ["NBHR_ARCHIVE_ROOTS"] = os.pathsep.join(
             str(Path(r).resolve()) for r in archive_roots
@@ -678,19 +680,50 @@ def requeue(db_url: str, broker_url: str, queue: str, job_id: int | None) -> Non
     show_default=True,
     help="Seconds between requeue passes.",
 )
+@click.option(
+    "--watch",
+    "watch_roots",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Archive root to scan for new recordings every --every seconds (repeatable); new ones"
+    " are planned with the options of the root's latest job and queued.",
+)
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @friendly_errors
-def beat(db_url: str, broker_url: str, queue: str, every_s: float, loglevel: str) -> None:
-    """Run Celery beat: a requeue pass every --every seconds, run by the workers. Its schedule
-    lives in memory (no schedule file, nothing pickled)."""
-    from worker.celery_app import REQUEUE_TASK
+def beat(
+    db_url: str,
+    broker_url: str,
+    queue: str,
+    every_s: float,
+    watch_roots: tuple[str, ...],
+    loglevel: str,
+) -> None:
+    """Run Celery beat: a requeue pass every --every seconds, and a scan of each --watch root,
+    both run by the workers. Its schedule lives in memory (no schedule file, nothing pickled)."""
+    from worker.celery_app import REQUEUE_TASK, WATCH_TASK
 
     open_db(db_url)
     app = _celery(broker_url, db_url, queue)
     _check_broker(app)
-    app.conf.beat_schedule = {
-        "requeue": {"task": REQUEUE_TASK, "schedule": every_s, "options": {"queue": queue}}
+    # A pass that waited longer than the interval is dropped: the next one does its work.
+    options = {"queue": queue, "expires": every_s}
+    schedule: dict[str, dict] = {
+        "requeue": {
+            "task": REQUEUE_TASK,
+            "schedule": every_s,
+            "args": (queue,),
+            "options": options,
+        }
     }
+    for root in watch_roots:
+        resolved = str(Path(root).resolve())
+        schedule[f"watch {resolved}"] = {
+            "task": WATCH_TASK,
+            "schedule": every_s,
+            "args": (resolved, queue),
+            "options": options,
+        }
+    app.conf.beat_schedule = schedule
     app.start(["beat", f"--loglevel={loglevel}", "--scheduler=celery.beat:Scheduler"])
 
 

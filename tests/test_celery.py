@@ -498,3 +498,62 @@ def test_workers_read_only_under_their_archive_roots_mask_credentials_and_refuse
     assert down.returncode == 1
     for text in (workers.log("a"), down.stderr, down.stdout, refused.stderr):
         assert secret not in text
+
+
+def test_beat_requeues_lost_messages_and_picks_up_new_recordings(
+    demo: object, pg_url: str, broker: str, queue: str, workers: Workers, tmp_path: Path
+) -> None:
+    from nbhr.demo import write_demo_archive
+
+    archive = tmp_path / "archive"
+    shutil.copytree(demo.root, archive)  # type: ignore[attr-defined]
+    enqueue(archive, pg_url, broker, queue)
+    workers.roots = [str(tmp_path)]
+    workers.start("a")
+    beat_log = (tmp_path / "beat.log").open("w")
+    beat = subprocess.Popen(
+        [*NBHR, "beat", "--db", pg_url, "--broker", broker, "--queue", queue, "--every", "2"]
+        + ["--watch", str(archive)],
+        stdout=beat_log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_for(
+            lambda: any(s == "done" for s, _, _ in segment_states(pg_url).values()),
+            60,
+            "a first finished segment",
+            lambda: workers.log("a"),
+        )
+        redis.Redis.from_url(broker).flushdb()  # every queued message is lost
+        wait_for(lambda: all_done(pg_url), JOB_TIMEOUT_S, "the job", lambda: workers.log("a"))
+        # A recording appears: beat's next scan plans it with the last job's options.
+        new = write_demo_archive(tmp_path / "new", subjects=1, seconds=12.0, seed=21)
+        source = new.root / new.recordings[0].recording
+        if not new.recordings[0].has_face:
+            source = new.root / new.recordings[1].recording
+        shutil.copy(source, archive / "video" / "arrived_later.avi")
+        eng = create_engine(pg_url)
+
+        def new_windows() -> set[str]:
+            with eng.connect() as conn:
+                return set(
+                    conn.scalars(
+                        select(Window.estimator)
+                        .join(Recording, Recording.id == Window.recording_id)
+                        .where(Recording.path.like("%arrived_later.avi"))
+                    )
+                )
+
+        wait_for(
+            lambda: new_windows() and all_done(pg_url),
+            JOB_TIMEOUT_S,
+            "the new recording",
+            lambda: workers.log("a") + (tmp_path / "beat.log").read_text(),
+        )
+        assert new_windows() == {"pos", "green"}
+        eng.dispose()
+    finally:
+        os.killpg(beat.pid, signal.SIGTERM)
+        beat.wait(timeout=30)
+    assert {s for s, _, _ in segment_states(pg_url).values()} == {"done"}

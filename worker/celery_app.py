@@ -36,6 +36,7 @@ DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 DEFAULT_QUEUE = "nbhr"
 SEGMENT_TASK = "nbhr.segment"
 REQUEUE_TASK = "nbhr.requeue"
+WATCH_TASK = "nbhr.watch"
 # Backoff while the database is unreachable: 2, 4, 8 ... s, at most this.
 MAX_BACKOFF_S = 60.0
 
@@ -157,10 +158,28 @@ def run_segment(self: Any, segment_id: int) -> dict[str, Any]:
 
 
 @app.task(name=REQUEUE_TASK)
-def requeue_task() -> int:
-    """Publish again every segment that is queued or whose lease ran out (beat runs this)."""
+def requeue_task(queue: str | None = None) -> int:
+    """Publish again, on `queue` (default NBHR_QUEUE), every segment that is queued or whose
+    lease ran out and has no message in the broker (beat runs this)."""
     from scheduler.queue import requeue
 
     with session_scope(engine_for(db_url())) as s:
         ids = queries.segments_to_requeue(s)
-    return requeue(ids)
+    return requeue(ids, queue)
+
+
+@app.task(name=WATCH_TASK)
+def watch_task(root: str, queue: str | None = None) -> dict[str, Any]:
+    """Register, plan and publish on `queue` (default NBHR_QUEUE) the recordings that appeared
+    under `root` (beat runs this for every --watch root); the root must lie under this
+    worker's archive roots."""
+    from pathlib import Path
+
+    from scheduler.watch import watch_once
+    from worker.process import check_readable
+
+    check_readable(Path(root))
+    result = watch_once(engine_for(db_url()), Path(root), queue or queue_name())
+    if result["new"]:
+        log.info("watch %s: %d new recordings, job %s", root, result["new"], result["job_id"])
+    return result
