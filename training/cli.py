@@ -28,20 +28,20 @@ def _require_training_deps() -> None:
 
 
 def _source_windows(
-    fmt: str, data: str, seed: int, synthetic: tuple[int, float] = (8, 30.0)
+    fmt: str, data: str, seed: int, synthetic: tuple[int, float] = (8, 30.0), hop: int = 60
 ) -> Iterable[Any]:
     """The windows of one data source, as training.data yields them; `synthetic` is (subjects,
-    seconds per recording) of a synthetic archive."""
+    seconds per recording) of a synthetic archive, `hop` the step between windows in frames."""
     from training import data as d
 
     if fmt == "nbhr":
-        return d.nbhr_windows(Path(data))
+        return d.nbhr_windows(Path(data), hop=hop)
     if fmt == "ubfc":
-        return d.ubfc_windows(Path(data))
+        return d.ubfc_windows(Path(data), hop=hop)
     if fmt == "db":
-        return d.db_windows(data)
+        return d.db_windows(data, hop=hop)
     subjects, seconds = synthetic
-    return d.synthetic_windows(Path(data), subjects=subjects, seconds=seconds, seed=seed)
+    return d.synthetic_windows(Path(data), subjects=subjects, seconds=seconds, seed=seed, hop=hop)
 
 
 @click.command("train")
@@ -96,6 +96,14 @@ def _source_windows(
     show_default=True,
     help="Seconds per synthetic recording.",
 )
+@click.option(
+    "--hop",
+    type=click.IntRange(1, 60),
+    default=60,
+    show_default=True,
+    help="Frames between the starts of training windows; below 60 they overlap, so the same"
+    " frames come with phase-shifted targets (validation keeps one window per 2 s).",
+)
 @click.option("--val-fraction", type=float, default=0.2, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's).")
@@ -125,6 +133,7 @@ def train(
     precision: str,
     synthetic_subjects: int,
     synthetic_seconds: float,
+    hop: int,
     val_fraction: float,
     seed: int,
     threads: int | None,
@@ -142,12 +151,15 @@ def train(
         windows = WindowCache.open(cache)
     except FileNotFoundError:  # none yet, or an unfinished write: (re)build it
         windows = WindowCache.write(
-            cache, _source_windows(fmt, data, seed, (synthetic_subjects, synthetic_seconds))
+            cache,
+            _source_windows(fmt, data, seed, (synthetic_subjects, synthetic_seconds), hop),
         )
     try:
         train_set, val_set = subject_split(windows, val_fraction=val_fraction, seed=seed)
     except ValueError as exc:
         raise click.ClickException(f"{cache}: {exc}") from None
+    # Overlapping validation windows would repeat the same frames: score one per 2 s.
+    val_set = [w for w in val_set if _on_window_grid(w.t_start)]
     click.echo(
         f"{len(train_set)} training and {len(val_set)} validation windows (cache {cache})",
         err=True,
@@ -169,6 +181,10 @@ def train(
     except (ValueError, FileExistsError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps({"run_dir": str(run_dir), "steps": result["steps"], **result["metrics"]}))
+
+
+def _on_window_grid(t_start: float, window_s: float = 2.0) -> bool:
+    return abs(t_start / window_s - round(t_start / window_s)) < 1e-6
 
 
 @click.command("export-onnx")
