@@ -47,10 +47,6 @@ def get_or_create_subject(session: Session, key: str) -> Subject:
     return subject
 
 
-def recording_by_fingerprint(session: Session, fingerprint: str) -> Recording | None:
-    return session.scalar(select(Recording).where(Recording.fingerprint == fingerprint))
-
-
 def store_references(session: Session, recording_id: int, series: list[ReferenceSeries]) -> None:
     """Replace the reference series of a recording (one row per kind)."""
     session.execute(delete(Reference).where(Reference.recording_id == recording_id))
@@ -67,7 +63,6 @@ def store_references(session: Session, recording_id: int, series: list[Reference
                 source=s.source,
             )
         )
-    session.flush()
 
 
 def load_references(session: Session, recording_id: int) -> dict[str, ReferenceSeries]:
@@ -83,11 +78,6 @@ def load_references(session: Session, recording_id: int) -> dict[str, ReferenceS
         )
         for r in rows
     }
-
-
-def has_references(session: Session, recording_id: int) -> bool:
-    q = select(func.count()).select_from(Reference).where(Reference.recording_id == recording_id)
-    return bool(session.scalar(q))
 
 
 def refill_reference_hr(session: Session, recording_id: int) -> int:

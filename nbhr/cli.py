@@ -541,17 +541,19 @@ def enqueue(
 ) -> None:
     """Discover and plan DIRECTORY like `run`, commit, then publish one task per segment for
     `nbhr worker` processes; prints the job id."""
-    from scheduler.queue import publish
+    from scheduler.queue import requeue
 
     app = _celery(broker_url, queue=queue)
     _check_broker(app)
     started = time.monotonic()
     _, reg, plan = register_and_plan(directory, db_url, "celery", **plan_args)
-    published = publish(plan.segment_ids, queue) if plan.job_id is not None else 0
+    # Segments still waiting from an earlier enqueue keep their message: no second one.
+    published = requeue(plan.segment_ids, queue) if plan.job_id is not None else 0
     summary = {
         "job_id": plan.job_id,
         "videos": len(reg.all_ids),
         "new": len(reg.new),
+        "segments_planned": len(plan.segment_ids),
         "segments_published": published,
         "queue": queue,
         "seconds": round(time.monotonic() - started, 3),
@@ -561,9 +563,12 @@ def enqueue(
     elif plan.job_id is None:
         click.echo("nothing to do: every recording is already processed with these options")
     else:
+        waiting = len(plan.segment_ids) - published
         click.echo(
-            f"job {plan.job_id}: {published} segments of {plan.recordings} recordings queued on "
-            f"{queue} ({len(reg.all_ids)} videos, {len(reg.new)} new) in {summary['seconds']} s"
+            f"job {plan.job_id}: {len(plan.segment_ids)} segments of {plan.recordings} "
+            f"recordings, {published} published on {queue}"
+            + (f" ({waiting} still had a message)" if waiting else "")
+            + f"; {len(reg.all_ids)} videos, {len(reg.new)} new; {summary['seconds']} s"
         )
 
 

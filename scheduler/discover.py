@@ -9,10 +9,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db import queries
-from db.models import Recording, RecordingState
+from db.models import Recording, RecordingState, Reference, Subject
 from scheduler.references import ReferenceTable, load_references
 from worker.video import VIDEO_EXTENSIONS, VideoError, probe, unreadable_reason
 
@@ -121,9 +122,17 @@ def register_archive(
     nbhr_rate_hz: float = 60.0,
     progress: Callable[[Path], None] | None = None,
 ) -> Registration:
-    """Upsert subjects, recordings and references for every video under root."""
+    """Upsert subjects, recordings and references for every video under root.
+
+    Known recordings, subjects and which recordings have references are read in three queries
+    up front, and new rows are written in one flush, so that registering thousands of files
+    costs file reads, not database round trips."""
     root = root.resolve()
     result = Registration()
+    by_fingerprint = {r.fingerprint: r for r in session.scalars(select(Recording))}
+    subjects = {s.key: s for s in session.scalars(select(Subject))}
+    with_references = set(session.scalars(select(Reference.recording_id).distinct()))
+    new: list[tuple[Recording, Path]] = []
     for video in find_videos(root):
         if progress is not None:
             progress(video)
@@ -140,19 +149,25 @@ def register_archive(
         except OSError as exc:
             fp, size = unreadable_fingerprint(video), 0
             read_error = unreadable_reason(video, exc)
-        rec = queries.recording_by_fingerprint(session, fp)
+        rec = by_fingerprint.get(fp)
         if rec is not None:
             if rec.path != str(video):
                 if Path(rec.path).exists():
                     result.duplicates.append((str(video), rec.path))
                     continue
                 rec.path = str(video)  # the same content moved: follow it
-            _pair_if_missing(session, rec, video, table, nbhr_rate_hz, result)
+            if rec.id is None:
+                continue  # registered earlier in this pass under a path that no longer exists
+            if rec.id not in with_references:
+                _pair(session, rec, video, table, nbhr_rate_hz, result, had_windows=True)
             (result.failed if rec.status == RecordingState.failed else result.known).append(rec.id)
             continue
-        subject = queries.get_or_create_subject(session, key)
+        subject = subjects.get(key)
+        if subject is None:
+            subject = subjects[key] = Subject(key=key, meta={})
+            session.add(subject)
         rec = Recording(
-            subject_id=subject.id,
+            subject=subject,
             path=str(video),
             archive_root=str(root),
             fingerprint=fp,
@@ -170,24 +185,27 @@ def register_archive(
             rec.status = RecordingState.failed
             rec.error = str(exc)
         session.add(rec)
-        session.flush()
-        _pair_if_missing(session, rec, video, table, nbhr_rate_hz, result)
+        by_fingerprint[fp] = rec
+        new.append((rec, video))
+    session.flush()  # ids for the new recordings
+    for rec, video in new:
+        _pair(session, rec, video, table, nbhr_rate_hz, result, had_windows=False)
         (result.failed if rec.status == RecordingState.failed else result.new).append(rec.id)
+    session.flush()
     return result
 
 
-def _pair_if_missing(
+def _pair(
     session: Session,
     rec: Recording,
     video: Path,
     table: ReferenceTable | None,
     nbhr_rate_hz: float,
     result: Registration,
+    had_windows: bool,
 ) -> None:
     """Attach references to a recording that has none yet (new, or a reference that
     appeared since), and bring already-written windows up to date with them."""
-    if queries.has_references(session, rec.id):
-        return
     series, source, problem = load_references(video, table, nbhr_rate_hz)
     rec.reference_source = source
     rec.reference_error = problem
@@ -195,4 +213,5 @@ def _pair_if_missing(
         result.reference_problems[rec.id] = problem
     if series:
         queries.store_references(session, rec.id, series)
-        queries.refill_reference_hr(session, rec.id)
+        if had_windows:
+            queries.refill_reference_hr(session, rec.id)
