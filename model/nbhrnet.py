@@ -10,12 +10,6 @@ from typing import Any
 
 import numpy as np
 
-# The default model that ships with the package (trained by training/ on synthetic neonatal
-# windows; see weights/MODEL_CARD.md), its registry name and the metrics file beside it.
-BUNDLED_MODEL = Path(__file__).with_name("weights") / "nbhrnet-synthetic-v1.onnx"
-BUNDLED_NAME, BUNDLED_VERSION = "nbhrnet-synthetic", "1"
-BUNDLED_METRICS = BUNDLED_MODEL.with_suffix(".json")
-
 # Below this standard deviation (in 0-255 levels) a colour channel is flat over the whole window:
 # it is mapped to zeros instead of dividing its sensor noise up to unit variance.
 MIN_CHANNEL_STD = 1e-3

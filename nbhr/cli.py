@@ -242,8 +242,7 @@ _PLAN_OPTIONS = [
     click.option(
         "--model",
         envvar="NBHR_MODEL",
-        help="NBHRnet for --estimator nbhrnet: a registered name:version or an ONNX file (default:"
-        " the bundled nbhrnet-synthetic:1).",
+        help="NBHRnet for --estimator nbhrnet: a registered name:version or an ONNX file.",
     ),
     click.option("--retry-failed", is_flag=True, help="Run failed segments again."),
 ]
@@ -403,8 +402,6 @@ def register_and_plan(
     from scheduler.references import ReferenceFileError, load_reference_table
 
     model_file = _model_file(db_url, model) if model else None
-    if model_file is None and "nbhrnet" in estimators:
-        model_file = _bundled_model(db_url)
     opts = _options_from_cli(
         estimators, roi, population, hr_range, window_s, hop_s, segment_s, model_file
     )
@@ -435,37 +432,6 @@ def _model_file(db_url: str, ref: str) -> Path:
     if not path.is_file():
         raise click.UsageError(f"model {ref} is registered at {path}, which no longer exists")
     return path
-
-
-def _bundled_model(db_url: str) -> Path:
-    """The NBHRnet that ships with the package, registered under its name on first use so that
-    results and evaluations name it."""
-    from db import queries
-    from model.nbhrnet import (
-        BUNDLED_METRICS,
-        BUNDLED_MODEL,
-        BUNDLED_NAME,
-        BUNDLED_VERSION,
-        NBHRNetRunner,
-    )
-
-    if not BUNDLED_MODEL.is_file():
-        raise click.UsageError(f"the bundled NBHRnet {BUNDLED_MODEL} is missing; use --model")
-    runner = NBHRNetRunner(BUNDLED_MODEL)
-    with session_scope(open_db(db_url)) as s:
-        if queries.model_by_sha(s, runner.sha256) is None:
-            card = json.loads(BUNDLED_METRICS.read_text())
-            queries.register_model(
-                s,
-                BUNDLED_NAME,
-                BUNDLED_VERSION,
-                str(BUNDLED_MODEL),
-                runner.sha256,
-                runner.describe(),
-                card["trained_on"],
-                card["metrics"],
-            )
-    return BUNDLED_MODEL
 
 
 def _finish_job(engine: Engine, job_id: int) -> None:

@@ -1,23 +1,14 @@
 """`nbhr run --estimator nbhrnet --model FILE`: the workers run an exported NBHRnet on the same
-decoded frames and face boxes as the classical estimators; without --model they run the bundled
-model."""
+decoded frames and face boxes as the classical estimators (plumbing; no trained model ships)."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from model.nbhrnet import (
-    BUNDLED_METRICS,
-    BUNDLED_MODEL,
-    BUNDLED_NAME,
-    BUNDLED_VERSION,
-    NBHRNetRunner,
-)
 from tests.helpers import nbhr, nbhr_json
 from training.export import export_onnx
 from training.nbhrnet import NBHRNet
@@ -73,32 +64,11 @@ def test_run_with_nbhrnet(demo_archive: Path, onnx_model: Path, sqlite_url: str)
     assert "nothing to do" in again.stdout
 
 
-def test_without_a_model_nbhrnet_runs_the_bundled_one(demo_archive: Path, sqlite_url: str) -> None:
-    run = ("run", demo_archive, "--db", sqlite_url, "--estimator", "nbhrnet", "--json")
-    nbhr(*run)
-    sha = hashlib.sha256(BUNDLED_MODEL.read_bytes()).hexdigest()
-    listed = nbhr_json("models", "list", "--db", sqlite_url, "--json")
-    assert [(m["name"], m["version"], m["sha256"]) for m in listed] == [
-        (BUNDLED_NAME, BUNDLED_VERSION, sha)
-    ]
-    card = json.loads(BUNDLED_METRICS.read_text())
-    assert listed[0]["metrics"] == card["metrics"] and listed[0]["trained_on"] == card["trained_on"]
-    rows = nbhr_json("results", "--db", sqlite_url, "--format", "json")
-    assert {r["model"] for r in rows} == {f"{BUNDLED_NAME}:{BUNDLED_VERSION}"}
-    ev = nbhr_json("evaluate", "--db", sqlite_url, "--estimator", "nbhrnet", "--json")
-    assert ev["model"] == f"{BUNDLED_NAME}:{BUNDLED_VERSION}"
-    # Registered once, however often it runs.
-    assert "nothing to do" in nbhr(*run[:-1]).stdout
-    assert len(nbhr_json("models", "list", "--db", sqlite_url, "--json")) == 1
-
-
-def test_bundled_model_is_small_and_an_nbhrnet_export() -> None:
-    assert BUNDLED_MODEL.stat().st_size < 10 * 2**20
-    spec = NBHRNetRunner(BUNDLED_MODEL).describe()
-    assert spec["inputs"]["frames"] == ["batch", 60, 3, 128, 128]
-
-
-def test_a_model_needs_nbhrnet(onnx_model: Path, demo_archive: Path, sqlite_url: str) -> None:
+def test_nbhrnet_needs_a_model_and_a_model_needs_nbhrnet(
+    onnx_model: Path, demo_archive: Path, sqlite_url: str
+) -> None:
+    out = nbhr("run", demo_archive, "--db", sqlite_url, "--estimator", "nbhrnet", check=False)
+    assert out.returncode == 2 and "needs --model" in out.stderr
     out = nbhr("run", demo_archive, "--db", sqlite_url, "--model", onnx_model, check=False)
     assert out.returncode == 2 and "only used by --estimator nbhrnet" in out.stderr
 

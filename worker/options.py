@@ -83,8 +83,8 @@ class ProcessingOptions:
             raise ValueError("at least one estimator is needed")
         if NBHRNET in self.estimators and not self.model_path:
             raise ValueError(
-                "estimator nbhrnet needs a model file (model_path); `nbhr run` uses the bundled "
-                "one unless --model names another"
+                "--estimator nbhrnet needs --model FILE.onnx or NAME:VERSION (no trained "
+                "default model ships yet: train one with `nbhr train`, then `nbhr export-onnx`)"
             )
         if self.model_path and NBHRNET not in self.estimators:
             raise ValueError("--model is only used by --estimator nbhrnet")
