@@ -118,7 +118,16 @@ def main() -> None:
     help="Length of each recording.",
 )
 @click.option("--seed", default=0, show_default=True, type=int)
-def demo(directory: Path, subjects: int, recordings: int, seconds: float, seed: int) -> None:
+@click.option(
+    "--jobs",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Processes rendering recordings (the archive is the same for any number).",
+)
+def demo(
+    directory: Path, subjects: int, recordings: int, seconds: float, seed: int, jobs: int
+) -> None:
     """Write a SYNTHETIC NICU-like archive (NBHR layout) to DIRECTORY."""
     from nbhr.demo import write_demo_archive
 
@@ -128,6 +137,7 @@ def demo(directory: Path, subjects: int, recordings: int, seconds: float, seed: 
         seconds=seconds,
         seed=seed,
         recordings_per_subject=recordings,
+        jobs=jobs,
     )
     click.echo(
         f"wrote {len(summary.recordings)} recordings of {len(summary.subjects)} subjects "

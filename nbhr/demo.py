@@ -8,6 +8,8 @@ relit, made noisy and MJPG-compressed like a NICU camera recording.
 from __future__ import annotations
 
 import csv
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -111,6 +113,7 @@ def write_demo_archive(
     recordings_per_subject: int = 2,
     fps: float = 30.0,
     size: tuple[int, int] = (640, 480),
+    jobs: int = 1,
 ) -> DemoSummary:
     """Write a synthetic NICU-like archive under ``root``.
 
@@ -130,6 +133,7 @@ def write_demo_archive(
         recordings_per_subject: face recordings per infant.
         fps: video frame rate in Hz.
         size: (width, height) of the video in pixels.
+        jobs: processes that render recordings in parallel (the files are the same for any).
 
     Returns:
         DemoSummary listing recordings, subjects and the mean reference HR of each recording.
@@ -149,21 +153,27 @@ def write_demo_archive(
     plan = [plan[i] for i in layout_rng.permutation(len(plan))]
     starts = _start_times(layout_rng, len(plan), seconds)
 
-    recordings = []
-    for infant, start, ss in zip(plan, starts, recording_ss.spawn(len(plan)), strict=True):
-        rng = np.random.default_rng(ss)
-        rec_id = start.strftime("%Y%m%d_%H%M%S")
-        subject = f"infant_{1 if infant is None else infant + 1:03d}"
-        mean_hr = _write_recording(root, rec_id, rng, seconds, fps, size, looks, infant)
-        recordings.append(
-            DemoRecording(
-                recording=f"video/{rec_id}.avi",
-                ppg=f"PPG/{rec_id}.csv",
-                subject=subject,
-                has_face=infant is not None,
-                mean_hr_bpm=mean_hr,
-            )
+    tasks = [
+        (root, start.strftime("%Y%m%d_%H%M%S"), ss, seconds, fps, size, looks, infant)
+        for infant, start, ss in zip(plan, starts, recording_ss.spawn(len(plan)), strict=True)
+    ]
+    # Each recording draws from its own seed sequence, so the files do not depend on `jobs`.
+    if jobs > 1:
+        ctx = mp.get_context("spawn")
+        with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=ctx) as pool:
+            mean_hrs = list(pool.map(_write_recording_task, tasks))
+    else:
+        mean_hrs = [_write_recording_task(t) for t in tasks]
+    recordings = [
+        DemoRecording(
+            recording=f"video/{rec_id}.avi",
+            ppg=f"PPG/{rec_id}.csv",
+            subject=f"infant_{1 if infant is None else infant + 1:03d}",
+            has_face=infant is not None,
+            mean_hr_bpm=mean_hr,
         )
+        for (_, rec_id, _, _, _, _, _, infant), mean_hr in zip(tasks, mean_hrs, strict=True)
+    ]
 
     manifest = root / "manifest.csv"
     with open(manifest, "w", newline="") as f:
@@ -195,6 +205,12 @@ def _draw_look(rng: np.random.Generator) -> _Look:
         # Peak-to-peak relative change of green skin intensity, 0.8-1.3 % as in rPPG studies.
         green_pulse=rng.uniform(0.008, 0.013),
     )
+
+
+def _write_recording_task(task: tuple) -> float:
+    root, rec_id, ss, seconds, fps, size, looks, infant = task
+    rng = np.random.default_rng(ss)
+    return _write_recording(root, rec_id, rng, seconds, fps, size, looks, infant)
 
 
 def _write_recording(

@@ -172,3 +172,22 @@ def test_synthetic_windows_write_once(tmp_path: Path) -> None:
     assert (tmp_path / "manifest.csv").stat().st_mtime_ns == mtime
     with pytest.raises(ValueError, match="another directory"):
         next(synthetic_windows(tmp_path, subjects=3, seconds=2.5, seed=1))
+
+
+def test_parallel_preparation_gives_the_same_archive_and_windows(
+    tmp_path: Path, archive: DemoSummary, windows: list[Window]
+) -> None:
+    """--jobs only changes how fast data are prepared: the same files and the same windows."""
+    parallel = write_demo_archive(
+        tmp_path / "p", subjects=2, seconds=6.0, seed=3, recordings_per_subject=1, jobs=2
+    )
+    for a, b in zip(archive.recordings, parallel.recordings, strict=True):
+        assert a.recording == b.recording and a.mean_hr_bpm == b.mean_hr_bpm
+        assert (archive.root / a.ppg).read_bytes() == (parallel.root / b.ppg).read_bytes()
+        assert (archive.root / a.recording).read_bytes() == (
+            parallel.root / b.recording
+        ).read_bytes()
+    again = list(nbhr_windows(archive.root, jobs=2))
+    assert [(w.recording, w.t_start) for w in again] == [(w.recording, w.t_start) for w in windows]
+    assert all(np.array_equal(a.frames, b.frames) for a, b in zip(again, windows, strict=True))
+    assert all(np.array_equal(a.ppg, b.ppg) for a, b in zip(again, windows, strict=True))

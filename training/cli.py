@@ -28,20 +28,28 @@ def _require_training_deps() -> None:
 
 
 def _source_windows(
-    fmt: str, data: str, seed: int, synthetic: tuple[int, float] = (8, 30.0), hop: int = 60
+    fmt: str,
+    data: str,
+    seed: int,
+    synthetic: tuple[int, float] = (8, 30.0),
+    hop: int = 60,
+    jobs: int = 1,
 ) -> Iterable[Any]:
     """The windows of one data source, as training.data yields them; `synthetic` is (subjects,
-    seconds per recording) of a synthetic archive, `hop` the step between windows in frames."""
+    seconds per recording) of a synthetic archive, `hop` the step between windows in frames,
+    `jobs` the processes preparing NBHR-layout and synthetic data."""
     from training import data as d
 
     if fmt == "nbhr":
-        return d.nbhr_windows(Path(data), hop=hop)
+        return d.nbhr_windows(Path(data), hop=hop, jobs=jobs)
     if fmt == "ubfc":
         return d.ubfc_windows(Path(data), hop=hop)
     if fmt == "db":
         return d.db_windows(data, hop=hop)
     subjects, seconds = synthetic
-    return d.synthetic_windows(Path(data), subjects=subjects, seconds=seconds, seed=seed, hop=hop)
+    return d.synthetic_windows(
+        Path(data), subjects=subjects, seconds=seconds, seed=seed, hop=hop, jobs=jobs
+    )
 
 
 @click.command("train")
@@ -104,6 +112,13 @@ def _source_windows(
     help="Frames between the starts of training windows; below 60 they overlap, so the same"
     " frames come with phase-shifted targets (validation keeps one window per 2 s).",
 )
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Processes that render synthetic data and decode/crop videos for the window cache.",
+)
 @click.option("--val-fraction", type=float, default=0.2, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's).")
@@ -134,6 +149,7 @@ def train(
     synthetic_subjects: int,
     synthetic_seconds: float,
     hop: int,
+    jobs: int,
     val_fraction: float,
     seed: int,
     threads: int | None,
@@ -152,7 +168,7 @@ def train(
     except FileNotFoundError:  # none yet, or an unfinished write: (re)build it
         windows = WindowCache.write(
             cache,
-            _source_windows(fmt, data, seed, (synthetic_subjects, synthetic_seconds), hop),
+            _source_windows(fmt, data, seed, (synthetic_subjects, synthetic_seconds), hop, jobs),
         )
     try:
         train_set, val_set = subject_split(windows, val_fraction=val_fraction, seed=seed)

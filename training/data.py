@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing as mp
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -113,22 +114,38 @@ def nbhr_windows(
     manifest: Path | None = None,
     ppg_rate_hz: float = NBHR_PPG_RATE_HZ,
     hop: int = WINDOW_FRAMES,
+    jobs: int = 1,
 ) -> Iterator[Window]:
     """Windows of an NBHR-layout archive: root/video/<id>.avi with root/PPG/<id>.csv.
 
     Subjects come from `manifest` (CSV recording,subject; default root/manifest.csv if present),
     else from the path (scheduler.discover.subject_from_path, i.e. the video's id).
+    jobs: processes that decode and crop videos in parallel (windows come in the same order).
     """
     root = Path(root)
     manifest = manifest or root / "manifest.csv"
     mapping = load_manifest(manifest) if manifest.is_file() else {}
+    tasks = []
     for video in find_videos(root / "video"):
         try:
             rel = video.resolve().relative_to(manifest.parent.resolve()).as_posix()
         except ValueError:
             rel = video.name
         subject = mapping.get(rel) or mapping.get(video.name) or subject_from_path(video, root)
-        yield from _safe_windows(video, subject, _file_references(video, ppg_rate_hz), hop)
+        tasks.append((video, subject, ppg_rate_hz, hop))
+    if jobs <= 1:
+        for task in tasks:
+            yield from _video_task(task)
+        return
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(jobs) as pool:
+        for windows in pool.imap(_video_task, tasks):
+            yield from windows
+
+
+def _video_task(task: tuple[Path, str, float, int]) -> list[Window]:
+    video, subject, ppg_rate_hz, hop = task
+    return list(_safe_windows(video, subject, _file_references(video, ppg_rate_hz), hop))
 
 
 def ubfc_windows(root: Path, hop: int = WINDOW_FRAMES) -> Iterator[Window]:
@@ -168,8 +185,10 @@ def synthetic_windows(
     seconds: float = 30.0,
     seed: int = 0,
     hop: int = WINDOW_FRAMES,
+    jobs: int = 1,
 ) -> Iterator[Window]:
-    """Windows of a synthetic demo archive (nbhr.demo), written to out_dir on first use.
+    """Windows of a synthetic demo archive (nbhr.demo), written to out_dir on first use, with
+    `jobs` processes rendering and cropping.
 
     The archive is decoded like a real one, so synthetic data takes the real crop path.
     Raises ValueError when out_dir holds a demo archive written with other arguments.
@@ -186,10 +205,10 @@ def synthetic_windows(
                 f"not {json.dumps(args)}; use another directory"
             )
     else:
-        write_demo_archive(out_dir, subjects=subjects, seconds=seconds, seed=seed)
+        write_demo_archive(out_dir, subjects=subjects, seconds=seconds, seed=seed, jobs=jobs)
         # Stamped only once complete, so an interrupted write is redone.
         stamp.write_text(json.dumps(args))
-    return nbhr_windows(out_dir, hop=hop)
+    return nbhr_windows(out_dir, hop=hop, jobs=jobs)
 
 
 def subject_split(
