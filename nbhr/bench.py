@@ -104,12 +104,38 @@ def bench_estimators(fps: float = 30.0, window_s: float = 10.0) -> dict[str, Any
     return out
 
 
-def bench_end_to_end(archive: Path, workers: int) -> dict[str, Any]:
-    """Process the archive from scratch, once in one process (CPU-timed) and once on the pool."""
+def bench_nbhrnet(model: Path, repeats: int = 3) -> dict[str, Any]:
+    """onnxruntime cost of one 60-frame window of `model`, on 1 and 2 threads, batch 1 and 8:
+    wall and CPU (all threads) seconds per window, after one warm-up batch."""
+    from model.nbhrnet import NBHRNetRunner
+
+    rng = np.random.default_rng(0)
+    out: dict[str, Any] = {"model": str(model)}
+    for threads in (1, 2):
+        runner = NBHRNetRunner(model, threads=threads)
+        for batch in (1, 8):
+            x = rng.standard_normal((batch, 60, 3, 128, 128)).astype(np.float32)
+            runner.predict(x, batch_size=batch)  # warm-up: session creation, first run
+            with _Clock() as c:
+                for _ in range(repeats):
+                    runner.predict(x, batch_size=batch)
+            n = repeats * batch
+            out[f"threads{threads}_batch{batch}"] = {
+                "wall_s_per_window": c.wall / n,
+                "cpu_s_per_window": c.cpu / n,
+            }
+    return out
+
+
+def bench_end_to_end(
+    archive: Path, workers: int, opts: ProcessingOptions | None = None
+) -> dict[str, Any]:
+    """Process the archive from scratch, once in one process (CPU-timed) and once on the pool,
+    with `opts` (default: the classical estimators)."""
     out: dict[str, Any] = {}
     manifest_path = archive / "manifest.csv"
     manifest = load_manifest(manifest_path) if manifest_path.is_file() else None
-    opts = ProcessingOptions()
+    opts = opts or ProcessingOptions()
     for label, n in (("one_process", 1), ("pool", workers)):
         with tempfile.TemporaryDirectory() as tmp:
             url = f"sqlite:///{Path(tmp) / 'bench.sqlite'}"
@@ -132,8 +158,10 @@ def bench_end_to_end(archive: Path, workers: int) -> dict[str, Any]:
     return out
 
 
-def run_bench(archive: Path | None, workers: int) -> dict[str, Any]:
-    """All measurements, on `archive` or on a freshly written small demo archive."""
+def run_bench(archive: Path | None, workers: int, model: Path | None = None) -> dict[str, Any]:
+    """All measurements, on `archive` or on a freshly written small demo archive; with an
+    NBHRnet `model`, also its onnxruntime cost per window and `--estimator nbhrnet` end to
+    end."""
     init_process()
     with tempfile.TemporaryDirectory() as tmp:
         if archive is None:
@@ -157,6 +185,16 @@ def run_bench(archive: Path | None, workers: int) -> dict[str, Any]:
             "estimators": bench_estimators(),
             "end_to_end": bench_end_to_end(archive, workers),
         }
+        if model is not None:
+            from model.nbhrnet import NBHRNetRunner
+
+            result["nbhrnet"] = bench_nbhrnet(model)
+            opts = ProcessingOptions(
+                estimators=("nbhrnet",),
+                model_path=str(model.resolve()),
+                model_sha256=NBHRNetRunner(model).sha256,
+            )
+            result["nbhrnet"]["end_to_end"] = bench_end_to_end(archive, workers, opts)
     return result
 
 

@@ -1017,13 +1017,19 @@ main.add_command(export_onnx_command)
     "directory", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path)
 )
 @click.option("--workers", "-j", default=2, show_default=True, type=click.IntRange(1, 256))
+@click.option(
+    "--model",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="An NBHRnet ONNX file: also time it per window and run --estimator nbhrnet end to end.",
+)
 @click.option("--json", "as_json", is_flag=True)
-def bench(directory: Path | None, workers: int, as_json: bool) -> None:
+def bench(directory: Path | None, workers: int, model: Path | None, as_json: bool) -> None:
     """Measure decode, face detection, estimators and end-to-end speed (default: on a fresh
-    small demo archive)."""
+    small demo archive); with --model, NBHRnet's onnxruntime cost and its end-to-end speed."""
     from nbhr.bench import run_bench
 
-    result = run_bench(directory, workers)
+    result = run_bench(directory, workers, model)
     if as_json:
         click.echo(json.dumps(result, indent=1))
         return
@@ -1045,3 +1051,16 @@ def bench(directory: Path | None, workers: int, as_json: bool) -> None:
         f"end to end    {one['video_s_per_cpu_s']:.1f} video s per CPU s (1 process); "
         f"{pool['video_s_per_wall_s']:.1f} video s per wall s on {pool['workers']} processes"
     )
+    net = result.get("nbhrnet")
+    if net:
+        for key in ("threads1_batch1", "threads1_batch8", "threads2_batch1", "threads2_batch8"):
+            t = net[key]
+            click.echo(
+                f"nbhrnet {key:<16} {t['wall_s_per_window']:.3f} s wall, "
+                f"{t['cpu_s_per_window']:.3f} s CPU per 60-frame window"
+            )
+        one, pool = net["end_to_end"]["one_process"], net["end_to_end"]["pool"]
+        click.echo(
+            f"nbhrnet e2e   {one['video_s_per_cpu_s']:.2f} video s per CPU s (1 process); "
+            f"{pool['video_s_per_wall_s']:.2f} video s per wall s on {pool['workers']} processes"
+        )
