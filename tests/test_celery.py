@@ -419,7 +419,9 @@ def test_poisoned_recordings_fail_with_a_reason_and_do_not_block_the_queue(
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while not all_done(pg_url) and time.monotonic() < deadline:
         state, _, worker = segment_states(pg_url)[target]
-        if state == "running" and worker is not None:
+        # Three kills; the fourth claim must give up on its own (killing it too would race
+        # with the worker writing that verdict).
+        if state == "running" and worker is not None and len(killed) < 3:
             pid = int(worker.rsplit(":", 1)[1])
             if pid not in killed:
                 killed.add(pid)
