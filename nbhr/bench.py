@@ -128,15 +128,21 @@ def bench_nbhrnet(model: Path, repeats: int = 3) -> dict[str, Any]:
 
 
 def bench_end_to_end(
-    archive: Path, workers: int, opts: ProcessingOptions | None = None
+    archive: Path,
+    workers: int,
+    opts: ProcessingOptions | None = None,
+    layouts: tuple[tuple[str, int, int], ...] | None = None,
 ) -> dict[str, Any]:
-    """Process the archive from scratch, once in one process (CPU-timed) and once on the pool,
-    with `opts` (default: the classical estimators)."""
+    """Process the archive from scratch once per (label, processes, onnxruntime threads) layout
+    (default: one process, CPU-timed, and `workers` processes), with `opts` (default: the
+    classical estimators). Each entry: video s, wall s, video s per wall s (and per CPU s for a
+    single process)."""
     out: dict[str, Any] = {}
     manifest_path = archive / "manifest.csv"
     manifest = load_manifest(manifest_path) if manifest_path.is_file() else None
     opts = opts or ProcessingOptions()
-    for label, n in (("one_process", 1), ("pool", workers)):
+    layouts = layouts or (("one_process", 1, 1), ("pool", workers, 1))
+    for label, n, threads in layouts:
         with tempfile.TemporaryDirectory() as tmp:
             url = f"sqlite:///{Path(tmp) / 'bench.sqlite'}"
             engine = make_engine(url)
@@ -145,9 +151,9 @@ def bench_end_to_end(
                 reg = register_archive(s, archive, manifest)
                 plan = plan_job(s, str(archive), reg.all_ids, opts, "local")
             with _Clock() as c:
-                done = list(run_segments(url, plan.segment_ids, n))
+                done = list(run_segments(url, plan.segment_ids, n, threads))
             video_s = sum(o.video_s for o in done)
-            entry = {"workers": n, "video_s": video_s, "wall_s": c.wall}
+            entry = {"workers": n, "threads": threads, "video_s": video_s, "wall_s": c.wall}
             entry["video_s_per_wall_s"] = video_s / c.wall
             if n == 1:
                 entry["cpu_s"] = c.cpu
@@ -155,6 +161,10 @@ def bench_end_to_end(
             out[label] = entry
             engine.dispose()
     out["estimators"] = list(opts.estimators)
+    if "one_process" in out and "pool" in out:
+        out["pool_speedup"] = (
+            out["pool"]["video_s_per_wall_s"] / out["one_process"]["video_s_per_wall_s"]
+        )
     return out
 
 
@@ -194,7 +204,13 @@ def run_bench(archive: Path | None, workers: int, model: Path | None = None) -> 
                 model_path=str(model.resolve()),
                 model_sha256=NBHRNetRunner(model).sha256,
             )
-            result["nbhrnet"]["end_to_end"] = bench_end_to_end(archive, workers, opts)
+            # Processes x threads: the pool against one process with as many model threads.
+            layouts = (
+                ("one_process", 1, 1),
+                ("pool", workers, 1),
+                ("one_process_threads", 1, workers),
+            )
+            result["nbhrnet"]["end_to_end"] = bench_end_to_end(archive, workers, opts, layouts)
     return result
 
 

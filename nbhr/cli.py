@@ -1059,8 +1059,11 @@ def bench(directory: Path | None, workers: int, model: Path | None, as_json: boo
                 f"nbhrnet {key:<16} {t['wall_s_per_window']:.3f} s wall, "
                 f"{t['cpu_s_per_window']:.3f} s CPU per 60-frame window"
             )
-        one, pool = net["end_to_end"]["one_process"], net["end_to_end"]["pool"]
+        e2e = net["end_to_end"]
+        one, pool, wide = e2e["one_process"], e2e["pool"], e2e["one_process_threads"]
         click.echo(
-            f"nbhrnet e2e   {one['video_s_per_cpu_s']:.2f} video s per CPU s (1 process); "
-            f"{pool['video_s_per_wall_s']:.2f} video s per wall s on {pool['workers']} processes"
+            f"nbhrnet e2e   {one['video_s_per_wall_s']:.2f} video s per wall s on 1 process x 1 "
+            f"thread, {pool['video_s_per_wall_s']:.2f} on {pool['workers']} x 1 "
+            f"({e2e['pool_speedup']:.2f}x), {wide['video_s_per_wall_s']:.2f} on 1 x "
+            f"{wide['threads']}"
         )
