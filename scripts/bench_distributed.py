@@ -42,8 +42,9 @@ NBHR = [sys.executable, "-m", "nbhr"]
 
 
 @contextmanager
-def fresh_database() -> Iterator[str]:
-    name = f"nbhr_bench_{uuid.uuid4().hex[:8]}"
+def fresh_database(prefix: str = "nbhr_bench") -> Iterator[str]:
+    """A new PostgreSQL database on PG_ADMIN's server, dropped on exit; yields its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))

@@ -22,12 +22,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
+from bench_distributed import fresh_database  # scripts/ is on sys.path when run as a script
 from sqlalchemy.engine import make_url
 
 REPO = Path(__file__).resolve().parent.parent
@@ -80,20 +79,6 @@ def process(args: list[str], log: Path, **kw) -> Iterator[subprocess.Popen]:
                 proc.wait()
 
 
-@contextmanager
-def fresh_database() -> Iterator[str]:
-    name = f"nbhr_hosts_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 def wait_until(cond, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -123,7 +108,7 @@ def run(subjects: int, seconds: float) -> dict:
         for ip in root_ips:
             proxy = [sys.executable, "-m", "tests.tcp_proxy", str(PG_PORT), pg.host, str(pg.port)]
             stack.enter_context(process([*proxy, ip], work / f"proxy-{ip}.log", cwd=REPO))
-        db = stack.enter_context(fresh_database())
+        db = stack.enter_context(fresh_database("nbhr_hosts"))
         first_broker = f"redis://{root_ips[0]}:{REDIS_PORT}/0"
         wait_until(
             lambda: (

@@ -129,6 +129,15 @@ def wait_for(cond: Callable[[], object], timeout: float, what: str, logs: Callab
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{logs()}")
 
 
+def wait_first_done(db_url: str, logs: Callable) -> None:
+    wait_for(
+        lambda: any(s == "done" for s, _, _ in segment_states(db_url).values()),
+        60,
+        "a first finished segment",
+        logs,
+    )
+
+
 def segment_states(db_url: str) -> dict[int, tuple[str, int, str | None]]:
     """segment id -> (state, attempts, worker)."""
     eng = create_engine(db_url)
@@ -308,12 +317,7 @@ def test_redis_restart_loses_messages_and_requeue_recovers_them(
     w = Workers(pg_url, url, queue, tmp_path)
     try:
         w.start("a")
-        wait_for(
-            lambda: any(s == "done" for s, _, _ in segment_states(pg_url).values()),
-            60,
-            "a first finished segment",
-            lambda: w.log("a"),
-        )
+        wait_first_done(pg_url, lambda: w.log("a"))
         pending = [sid for sid, (s, _, _) in segment_states(pg_url).items() if s == "queued"]
         assert pending, "the job ended before the broker could be restarted"
         server.terminate()  # the broker goes away with every queued message
@@ -372,12 +376,7 @@ def test_database_outage_tasks_back_off_and_finish_when_it_returns(
     w = Workers(via_proxy, broker, queue, tmp_path)
     try:
         w.start("a")
-        wait_for(
-            lambda: any(s == "done" for s, _, _ in segment_states(pg_url).values()),
-            60,
-            "a first finished segment",
-            lambda: w.log("a"),
-        )
+        wait_first_done(pg_url, lambda: w.log("a"))
         proxy.kill()  # PostgreSQL is now unreachable for the worker
         proxy.wait()
         down = nbhr("status", "--db", via_proxy, check=False)
@@ -521,12 +520,7 @@ def test_beat_requeues_lost_messages_and_picks_up_new_recordings(
         start_new_session=True,
     )
     try:
-        wait_for(
-            lambda: any(s == "done" for s, _, _ in segment_states(pg_url).values()),
-            60,
-            "a first finished segment",
-            lambda: workers.log("a"),
-        )
+        wait_first_done(pg_url, lambda: workers.log("a"))
         redis.Redis.from_url(broker).flushdb()  # every queued message is lost
         wait_for(lambda: all_done(pg_url), JOB_TIMEOUT_S, "the job", lambda: workers.log("a"))
         # A recording appears: beat's next scan plans it with the last job's options.
