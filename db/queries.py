@@ -178,10 +178,7 @@ def lease_wait_s(session: Session, segment_id: int) -> float | None:
         return None
     if row.state != SegmentState.running or row.lease_until is None:
         return 0.0
-    lease_until = row.lease_until
-    if lease_until.tzinfo is None:  # SQLite hands back naive UTC
-        lease_until = lease_until.replace(tzinfo=UTC)
-    return max(0.0, (lease_until - utcnow()).total_seconds())
+    return max(0.0, (_naive(row.lease_until) - _naive(utcnow())).total_seconds())
 
 
 def segments_to_requeue(session: Session, job_id: int | None = None) -> list[int]:
@@ -399,15 +396,19 @@ def job_progress(session: Session, job_id: int | None = None) -> dict[str, Any] 
             Segment.video_s,
             Segment.started_at,
             Segment.finished_at,
+            Segment.worker,
         ).where(Segment.job_id == job_id)
     ).all()
     counts = {state.value: 0 for state in SegmentState}
     done_s = left_s = 0.0
     starts, ends = [], []
-    for state, a, b, video_s, started, finished in rows:
+    hosts: set[str] = set()
+    for state, a, b, video_s, started, finished, worker in rows:
         counts[SegmentState(state).value] += 1
         if state == SegmentState.done:
             done_s += float(video_s or (b - a))
+            if worker is not None:
+                hosts.add(worker.rsplit(":", 1)[0])
         elif state != SegmentState.failed:
             left_s += b - a
         if started is not None:
@@ -427,7 +428,7 @@ def job_progress(session: Session, job_id: int | None = None) -> dict[str, Any] 
         "elapsed_s": elapsed,
         "video_s_per_s": rate,
         "eta_s": eta,
-        "hosts": len({w["host"] for w in worker_stats(session, job_id)}),
+        "hosts": len(hosts),
     }
 
 

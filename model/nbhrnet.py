@@ -10,6 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from model.bands import Band
+from model.spectrum import bandpass, spectral_hr
+
 # Below this standard deviation (in 0-255 levels) a colour channel is flat over the whole window:
 # it is mapped to zeros instead of dividing its sensor noise up to unit variance.
 MIN_CHANNEL_STD = 1e-3
@@ -127,3 +130,18 @@ class NBHRNetRunner:
             )
         meta = dict(session.get_modelmeta().custom_metadata_map)
         return {"inputs": inputs, "outputs": outputs, "metadata": meta}
+
+
+def stitched_ppg_hr(
+    waves: list[np.ndarray], fps: float, band: Band
+) -> tuple[float | None, float | None]:
+    """(HR in bpm, SNR in dB) of consecutive NBHRnet PPG outputs (each (T,), sampled at fps)
+    joined into one signal; (None, None) when it has no peak in `band`.
+
+    Each output is z-scored before joining (the model's scale and offset are per window), so
+    the spectrum of the joined signal resolves the rate far more finely than one 2-s window."""
+    parts = [(w - w.mean()) / w.std() if w.std() > 1e-9 else np.zeros_like(w) for w in waves]
+    peak = spectral_hr(bandpass(np.concatenate(parts), fps, band), fps, band)
+    if not np.isfinite(peak.hr_bpm):
+        return None, None
+    return float(peak.hr_bpm), float(peak.snr_db)

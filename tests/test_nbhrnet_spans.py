@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from model.bands import Band
+from model.nbhrnet import stitched_ppg_hr
 from model.synthetic import ppg_wave
-from worker.options import ProcessingOptions
-from worker.process import _stitched_ppg_hr
 
 FPS = 30.0
+BAND = Band.for_population("neonate")
 
 
 def _outputs(hr_bpm: float, seconds: float, seed: int) -> list[np.ndarray]:
@@ -26,11 +27,11 @@ def _outputs(hr_bpm: float, seconds: float, seed: int) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("hr_bpm", [95.0, 143.7, 190.0])
 def test_stitched_outputs_give_the_rate_far_finer_than_one_window(hr_bpm: float) -> None:
-    hr, snr = _stitched_ppg_hr(_outputs(hr_bpm, 10.0, seed=int(hr_bpm)), ProcessingOptions())
+    hr, snr = stitched_ppg_hr(_outputs(hr_bpm, 10.0, seed=int(hr_bpm)), FPS, BAND)
     # One 2-s window resolves 30 bpm per FFT bin; five joined ones land within 2 bpm.
     assert hr == pytest.approx(hr_bpm, abs=2.0)
     assert snr is not None and snr > 0
 
 
 def test_flat_outputs_give_no_rate() -> None:
-    assert _stitched_ppg_hr([np.zeros(60)] * 5, ProcessingOptions()) == (None, None)
+    assert stitched_ppg_hr([np.zeros(60)] * 5, FPS, BAND) == (None, None)

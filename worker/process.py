@@ -25,9 +25,9 @@ from db import queries
 from db.engine import session_scope
 from db.models import SegmentState
 from model.classical import make_estimator
-from model.nbhrnet import NBHRNetRunner, normalise_window
+from model.nbhrnet import NBHRNetRunner, normalise_window, stitched_ppg_hr
 from model.reference import ppg_target, reference_hr
-from model.spectrum import bandpass, spectral_hr
+from model.spectrum import spectral_hr
 from worker.crops import CROP_SIZE, MODEL_FPS, WINDOW_FRAMES, face_crop, windows_of
 from worker.faces import Box, FaceDetector, FaceTracker, region_mean, skin_mean
 from worker.options import NBHRNET, NBHRNET_PPG, NBHRNET_WINDOW_S, ProcessingOptions, WindowGrid
@@ -310,7 +310,7 @@ def _nbhrnet_rows(
 ) -> list[dict]:
     """NBHRnet's windows (2 s = 60 crops at 30 fps, every 2 s) that start in the segment, and
     its second estimate over each (start, end) span in `spans`: the HR of its PPG output
-    stitched over the span (`_stitched_ppg_hr`). `crops` start at `crops_start_s` (the
+    stitched over the span (`model.nbhrnet.stitched_ppg_hr`). `crops` start at `crops_start_s` (the
     segment's start) and may run past the segment's end, to cover the last span."""
     runner = nbhrnet_runner(opts.model_path, opts.model_sha256)
     starts, batch = [], []
@@ -348,7 +348,7 @@ def _nbhrnet_rows(
         has_face = covered and all(w is not None for w in inside)
         value, quality = None, None
         if has_face:
-            value, quality = _stitched_ppg_hr(inside, opts)
+            value, quality = stitched_ppg_hr(inside, MODEL_FPS, opts.band)
         rows.append(_nbhrnet_row(seg, opts, NBHRNET_PPG, t0, t1, value, quality, has_face))
     return rows
 
@@ -377,20 +377,6 @@ def _nbhrnet_row(
         "ref_hr_bpm": reference_hr(seg.references, start, end),
         "ppg_r": None,
     }
-
-
-def _stitched_ppg_hr(
-    waves: list[np.ndarray], opts: ProcessingOptions
-) -> tuple[float | None, float | None]:
-    """(HR in bpm, SNR in dB) of consecutive 2-s NBHRnet PPG outputs joined into one signal.
-
-    Each output is z-scored before joining (the model's scale and offset are per window), so
-    the spectrum of the joined signal resolves the rate far more finely than one 2-s window."""
-    parts = [(w - w.mean()) / w.std() if w.std() > 1e-9 else np.zeros_like(w) for w in waves]
-    peak = spectral_hr(bandpass(np.concatenate(parts), MODEL_FPS, opts.band), MODEL_FPS, opts.band)
-    if not np.isfinite(peak.hr_bpm):
-        return None, None
-    return float(peak.hr_bpm), float(peak.snr_db)
 
 
 def _ppg_r(predicted: np.ndarray, references: dict, start: float) -> float | None:
