@@ -13,6 +13,13 @@ import numpy as np
 from model.bands import Band
 from model.spectrum import bandpass, spectral_hr
 
+# The model that ships with nbhr, trained with this project's own code (training/) on synthetic
+# neonatal video only: model/MODEL_CARD.md says on what, how well, and its limits.
+BUNDLED_MODEL = Path(__file__).parent / "data" / "nbhrnet.onnx"
+BUNDLED_NAME = "nbhrnet"
+BUNDLED_VERSION = "1"
+BUNDLED_CARD = Path(__file__).parent / "data" / "nbhrnet.json"
+
 # Below this standard deviation (in 0-255 levels) a colour channel is flat over the whole window:
 # it is mapped to zeros instead of dividing its sensor noise up to unit variance.
 MIN_CHANNEL_STD = 1e-3

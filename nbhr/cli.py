@@ -252,7 +252,8 @@ _PLAN_OPTIONS = [
     click.option(
         "--model",
         envvar="NBHR_MODEL",
-        help="NBHRnet for --estimator nbhrnet: a registered name:version or an ONNX file.",
+        help="NBHRnet for --estimator nbhrnet: a registered name:version or an ONNX file"
+        " (default: the bundled model nbhrnet:1, see model/MODEL_CARD.md).",
     ),
     click.option("--retry-failed", is_flag=True, help="Run failed segments again."),
 ]
@@ -410,8 +411,14 @@ def register_and_plan(
     from scheduler.discover import ManifestError, load_manifest, register_archive
     from scheduler.plan import plan_job
     from scheduler.references import ReferenceFileError, load_reference_table
+    from worker.options import NBHRNET
 
-    model_file = _model_file(db_url, model) if model else None
+    if model:
+        model_file: Path | None = _model_file(db_url, model)
+    elif NBHRNET in estimators:
+        model_file = _bundled_model(db_url)
+    else:
+        model_file = None
     opts = _options_from_cli(
         estimators, roi, population, hr_range, window_s, hop_s, segment_s, model_file
     )
@@ -426,6 +433,38 @@ def register_and_plan(
         reg = register_archive(s, directory, mapping, table, ppg_rate)
         plan = plan_job(s, str(directory.resolve()), reg.all_ids, opts, executor, retry_failed)
     return engine, reg, plan
+
+
+def _bundled_model(db_url: str) -> Path:
+    """The NBHRnet that ships with nbhr (model/data/nbhrnet.onnx), registered on first use as
+    nbhrnet:1 with its card's metrics, so that its windows carry a name in `nbhr models list`
+    and `nbhr evaluate --model nbhrnet:1`. A database that already holds the file, or another
+    model under that name and version, is left as it is."""
+    from db import queries
+    from model.nbhrnet import (
+        BUNDLED_CARD,
+        BUNDLED_MODEL,
+        BUNDLED_NAME,
+        BUNDLED_VERSION,
+        NBHRNetRunner,
+    )
+
+    runner = NBHRNetRunner(BUNDLED_MODEL)
+    ref = f"{BUNDLED_NAME}:{BUNDLED_VERSION}"
+    with session_scope(open_db(db_url)) as s:
+        if queries.model_by_sha(s, runner.sha256) is None and queries.model_by_ref(s, ref) is None:
+            card = json.loads(BUNDLED_CARD.read_text())
+            queries.register_model(
+                s,
+                BUNDLED_NAME,
+                BUNDLED_VERSION,
+                str(BUNDLED_MODEL.resolve()),
+                runner.sha256,
+                runner.describe(),
+                card["trained_on"],
+                card["metrics"],
+            )
+    return BUNDLED_MODEL
 
 
 def _model_file(db_url: str, ref: str) -> Path:

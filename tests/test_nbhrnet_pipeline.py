@@ -1,5 +1,6 @@
 """`nbhr run --estimator nbhrnet --model FILE`: the workers run an exported NBHRnet on the same
-decoded frames and face boxes as the classical estimators (plumbing; no trained model ships)."""
+decoded frames and face boxes as the classical estimators (plumbing, with untrained models;
+tests/test_bundled_model.py runs the trained one that ships)."""
 
 from __future__ import annotations
 
@@ -64,11 +65,7 @@ def test_run_with_nbhrnet(demo_archive: Path, onnx_model: Path, sqlite_url: str)
     assert "nothing to do" in again.stdout
 
 
-def test_nbhrnet_needs_a_model_and_a_model_needs_nbhrnet(
-    onnx_model: Path, demo_archive: Path, sqlite_url: str
-) -> None:
-    out = nbhr("run", demo_archive, "--db", sqlite_url, "--estimator", "nbhrnet", check=False)
-    assert out.returncode == 2 and "needs --model" in out.stderr
+def test_a_model_needs_nbhrnet(onnx_model: Path, demo_archive: Path, sqlite_url: str) -> None:
     out = nbhr("run", demo_archive, "--db", sqlite_url, "--model", onnx_model, check=False)
     assert out.returncode == 2 and "only used by --estimator nbhrnet" in out.stderr
 

@@ -15,16 +15,22 @@ from click.testing import CliRunner
 from model.nbhrnet import NBHRNetRunner, normalise_window
 from training import cli
 from training.data import Window
+from training.nbhrnet import NBHRNet
 from training.train import (
     BEST,
     CHECKPOINT,
     METRICS,
+    Stage,
+    TensorWindows,
     TrainConfig,
     autocast_dtype,
     fusion_loss,
     hr_loss,
+    load_batch,
     load_checkpoint,
+    normalise_windows,
     ppg_loss,
+    recalibrate_batchnorm,
     train,
 )
 
@@ -137,6 +143,66 @@ def test_precision_settings() -> None:
         TrainConfig(precision="fp16")
 
 
+def test_batches_are_normalised_as_the_workers_normalise() -> None:
+    """The trainer's torch normalisation equals the numpy one the workers run (no train/serve
+    skew), flat channels included, and hands the convolutions channels-last frames."""
+    rng = np.random.default_rng(3)
+    video = rng.integers(0, 256, (3, FRAMES, SIZE, SIZE, 3), dtype=np.uint8)
+    video[1, ..., 2] = 77  # a flat channel comes out as zeros
+    x = normalise_windows(torch.from_numpy(video))
+    want = np.stack([normalise_window(v) for v in video])
+    np.testing.assert_allclose(x.numpy(), want, rtol=1e-5, atol=1e-5)
+    assert not x[1, :, 2].any()
+    assert x.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_windows_held_as_tensors_give_the_same_batches() -> None:
+    windows = make_windows(10, 4, hr_spread=30)
+    held = TensorWindows(windows, "cpu", chunk=3)
+    assert len(held) == 10
+    idx = [7, 0, 3, 9]
+    for augment in (False, True):
+        a = load_batch(windows, idx, True, "cpu", np.random.default_rng(5) if augment else None)
+        b = load_batch(held, idx, True, "cpu", np.random.default_rng(5) if augment else None)
+        assert torch.equal(a.x, b.x) and torch.equal(a.ppg, b.ppg) and torch.equal(a.hr, b.hr)
+    assert load_batch(held, idx, False, "cpu").x is None
+    assert not TensorWindows.fits(windows, "cpu")  # preloading is for GPU memory only
+
+
+def test_batchnorm_recalibration_uses_the_current_weights() -> None:
+    """After recalibration a BatchNorm's running statistics are those of its input under the
+    current weights (one batch: exactly that batch's mean and variance), not the 0/1 a new
+    layer starts with; frozen parts keep theirs."""
+    torch.manual_seed(0)
+    model = NBHRNet(frames=FRAMES)
+    windows = make_windows(4, 6)
+    seen: list[torch.Tensor] = []
+    norm = model.encoder[0][2]  # BatchNorm of the first conv unit
+    hook = norm.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach()))
+    recalibrate_batchnorm(model, Stage.PPG, windows, [0, 1, 2, 3], 4, "cpu")
+    hook.remove()
+    (inp,) = seen
+    torch.testing.assert_close(norm.running_mean, inp.mean(dim=(0, 2, 3)))
+    torch.testing.assert_close(norm.running_var, inp.var(dim=(0, 2, 3)), rtol=1e-3, atol=1e-5)
+    assert norm.momentum == 0.01 and not model.training
+    assert float(model.head.hr.norm_in.running_mean) == 0.0  # the HR head is not trained here
+
+
+def test_stage_time_limit_and_hr_head_start_after_a_ppg_run(tmp_path: Path) -> None:
+    """max_stage_minutes ends a stage at its first epoch end past the limit; an HR run that
+    starts from a ppg run's best.pt starts its output at the mean heart rate, as a run from a
+    new model does (otherwise the untrained head answers ~0 bpm)."""
+    data = make_windows(8, 0, hr_spread=30), make_windows(4, 1, hr_spread=30)
+    ppg_dir, hr_dir = tmp_path / "ppg", tmp_path / "hr"
+    result = train(config("ppg", 5, max_stage_minutes=1e-6), *data, ppg_dir, progress=False)
+    assert result["steps"] == 2  # one epoch of 2 batches, not 5 epochs
+    rows = [json.loads(line) for line in (ppg_dir / METRICS).read_text().splitlines()]
+    assert len(rows) == 1 and -1 <= rows[0]["train_ppg_r"] <= 1
+    result = train(config("hr", 1, init_from=str(ppg_dir / BEST)), *data, hr_dir, progress=False)
+    assert result["metrics"]["val_hr_mae_bpm"] < 40
+    assert result["metrics"]["train_hr_mae_bpm"] < 40
+
+
 class Kill(Exception):
     pass
 
@@ -247,6 +313,10 @@ def test_train_command_on_a_real_archive(demo_archive: Path, tmp_path: Path) -> 
     run_dir = tmp_path / "run"
     args = ["--data", str(demo_archive), "--format", "nbhr", "--stage", "hr", "--epochs", "1"]
     args += ["--batch", "4", "--out", str(run_dir), "--threads", str(THREADS)]
+    res = CliRunner().invoke(cli.train, [*args, "--prepare-only"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.splitlines()[-1])["train"] == 8
+    assert not (run_dir / "checkpoint.pt").exists()
     res = CliRunner().invoke(cli.train, args)
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout.splitlines()[-1])

@@ -119,6 +119,25 @@ def _source_windows(
     show_default=True,
     help="Processes that render synthetic data and decode/crop videos for the window cache.",
 )
+@click.option(
+    "--max-stage-minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="End each stage at the first epoch end after this many minutes (default: all epochs).",
+)
+@click.option(
+    "--bn-batches",
+    type=click.IntRange(min=0),
+    default=16,
+    show_default=True,
+    help="Training batches over which BatchNorm statistics are recomputed before each"
+    " validation (0: keep the running averages).",
+)
+@click.option(
+    "--prepare-only",
+    is_flag=True,
+    help="Build the window cache (decode, track, crop) and stop; a later run trains from it.",
+)
 @click.option("--val-fraction", type=float, default=0.2, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's).")
@@ -150,6 +169,9 @@ def train(
     synthetic_seconds: float,
     hop: int,
     jobs: int,
+    max_stage_minutes: float | None,
+    bn_batches: int,
+    prepare_only: bool,
     val_fraction: float,
     seed: int,
     threads: int | None,
@@ -180,6 +202,9 @@ def train(
         f"{len(train_set)} training and {len(val_set)} validation windows (cache {cache})",
         err=True,
     )
+    if prepare_only:
+        click.echo(json.dumps({"cache": str(cache), "train": len(train_set), "val": len(val_set)}))
+        return
     cfg = TrainConfig(
         stage=stage,
         epochs=epochs,
@@ -191,6 +216,8 @@ def train(
         threads=threads,
         frames=train_set[0].frames.shape[0],
         init_from=str(init_from) if init_from else None,
+        max_stage_minutes=max_stage_minutes,
+        bn_batches=bn_batches,
     )
     try:
         result = run_training(cfg, train_set, val_set, run_dir, resume=resume)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.nbhrnet import normalise_window
+from model.nbhrnet import MIN_CHANNEL_STD
 from training.nbhrnet import FRAMES, NBHRNet
 
 # Loss weights of the reference: PPG loss = 0.8 (1 - r) + 0.2 MSE; fused = 0.1 PPG + 0.9 HR.
@@ -40,6 +40,8 @@ RMSPROP_EPS = 1e-7
 AUGMENT_SHIFT = 0.5
 # Training windows whose mean heart rate starts the HR output (see _init_hr_output).
 HR_INIT_SAMPLE = 1000
+# A training set is copied into GPU memory when it takes at most this share of the free memory.
+PRELOAD_GPU_SHARE = 0.6
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -82,6 +84,13 @@ class TrainConfig:
     precision: "fp32", "bf16" (bfloat16 autocast for the forward pass; weights, optimiser state
         and losses stay float32), or "auto": bf16 where the device computes it natively (a CPU
         with AVX512-BF16 or AMX, a CUDA GPU that supports it), else fp32.
+    bn_batches: training batches over which the BatchNorm statistics of the trained layers are
+        recomputed exactly before each validation (0: keep the running averages; see
+        recalibrate_batchnorm).
+    probe_windows: training windows (a fixed sample) also scored in eval mode after each epoch,
+        so that metrics.jsonl shows how far held-out figures trail the training data's.
+    max_stage_minutes: end each stage at the first epoch end after this many minutes of it
+        (None: run all `epochs`); the run then goes on to the next stage.
     """
 
     stage: str = Stage.ALL.value
@@ -98,6 +107,9 @@ class TrainConfig:
     frames: int = FRAMES
     init_from: str | None = None
     precision: str = "auto"
+    bn_batches: int = 16
+    probe_windows: int = 128
+    max_stage_minutes: float | None = None
 
     def __post_init__(self) -> None:
         self.stage = Stage(self.stage).value
@@ -106,6 +118,9 @@ class TrainConfig:
         for name in ("epochs", "batch", "lr_step_epochs", "checkpoint_every", "frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("bn_batches", "probe_windows"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -134,7 +149,7 @@ def _autocast(device: str, dtype: torch.dtype | None) -> Any:
 
 # Settings that may change between a run and its resumption without changing its results'
 # meaning (where and how fast it runs, how often it saves).
-RESUMABLE_CHANGES = frozenset({"threads", "device", "checkpoint_every"})
+RESUMABLE_CHANGES = frozenset({"threads", "device", "checkpoint_every", "max_stage_minutes"})
 
 
 class WindowLike(Protocol):
@@ -194,26 +209,90 @@ class Batch:
     hr: torch.Tensor
 
 
+def normalise_windows(frames: torch.Tensor) -> torch.Tensor:
+    """model.nbhrnet.normalise_window for a batch of windows, on the tensors' own device.
+
+    frames: uint8 (N, T, H, W, 3), RGB. Returns float32 (N, T, 3, H, W): each window's colour
+    channels z-scored over all its frames and pixels, a channel flatter than MIN_CHANNEL_STD as
+    zeros. The result is a permuted view whose frames are channels-last in memory, the layout
+    the convolutions run fastest on (flatten(0, 1) of it is a view, no copy).
+    """
+    x = frames.float()
+    # Statistics in float64, as the numpy twin computes them: float32 sums over ~10^6 pixels
+    # would cost digits of the mean.
+    wide = x.double()
+    mean = wide.mean(dim=(1, 2, 3), keepdim=True)
+    std = wide.var(dim=(1, 2, 3), keepdim=True, correction=0).sqrt()
+    scale = 1.0 / std.clamp_min(MIN_CHANNEL_STD)
+    x = (x - mean.float()) * scale.float()
+    return x.permute(0, 1, 4, 2, 3)
+
+
+class TensorWindows:
+    """Windows held as tensors on one device, so that a GPU step never waits for the host:
+    frames uint8 (N, T, H, W, 3), ppg float32 (N, T), hr float32 (N,).
+
+    Built once from any sequence of windows (e.g. a WindowCache), a chunk at a time, so the host
+    never holds more than `chunk` windows of frames.
+    """
+
+    def __init__(self, windows: Sequence[WindowLike], device: str, chunk: int = 64) -> None:
+        n = len(windows)
+        first = np.asarray(windows[0].frames)
+        self.device = device
+        self.frames = torch.empty((n, *first.shape), dtype=torch.uint8, device=device)
+        ppg, hr = [], []
+        for start in range(0, n, chunk):
+            items = [windows[i] for i in range(start, min(n, start + chunk))]
+            block = np.stack([np.asarray(w.frames, np.uint8) for w in items])
+            self.frames[start : start + len(items)].copy_(torch.from_numpy(block))
+            ppg.extend(np.asarray(w.ppg, np.float32) for w in items)
+            hr.extend(float(w.hr_bpm) for w in items)
+        self.ppg = torch.from_numpy(np.stack(ppg)).to(device)
+        self.hr = torch.tensor(hr, dtype=torch.float32, device=device)
+
+    def __len__(self) -> int:
+        return self.frames.shape[0]
+
+    @staticmethod
+    def fits(windows: Sequence[WindowLike], device: str) -> bool:
+        """Whether `windows` fit on CUDA `device` with room left for training
+        (PRELOAD_GPU_SHARE of its free memory); False for any other device."""
+        if not device.startswith("cuda") or len(windows) == 0:
+            return False
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return len(windows) * np.asarray(windows[0].frames).nbytes <= PRELOAD_GPU_SHARE * free
+
+
 def load_batch(
-    windows: Sequence[WindowLike],
+    windows: Sequence[WindowLike] | TensorWindows,
     indices: Sequence[int],
     with_frames: bool,
     device: str,
     augment_rng: np.random.Generator | None = None,
 ) -> Batch:
-    """Windows `indices` as tensors on `device`, each normalised with model.nbhrnet.
-    normalise_window (the workers' own normalisation), plus the reference augmentation when
-    `augment_rng` is given."""
-    items = [windows[i] for i in indices]
+    """Windows `indices` as tensors on `device`, each normalised as the workers normalise
+    (normalise_windows), plus the reference augmentation when `augment_rng` is given."""
+    if isinstance(windows, TensorWindows):
+        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64), device=windows.device)
+        frames = windows.frames[idx] if with_frames else None
+        ppg, hr = windows.ppg[idx], windows.hr[idx]
+    else:
+        items = [windows[i] for i in indices]
+        frames = None
+        if with_frames:
+            frames = torch.from_numpy(np.stack([np.asarray(w.frames, np.uint8) for w in items]))
+            frames = frames.to(device)
+        ppg = torch.from_numpy(np.stack([np.asarray(w.ppg, np.float32) for w in items]))
+        ppg = ppg.to(device)
+        hr = torch.tensor([float(w.hr_bpm) for w in items], dtype=torch.float32, device=device)
     x = None
-    if with_frames:
-        arr = np.stack([normalise_window(w.frames) for w in items])
+    if frames is not None:
+        x = normalise_windows(frames)
         if augment_rng is not None:
-            shift = augment_rng.uniform(-AUGMENT_SHIFT, AUGMENT_SHIFT, size=len(items))
-            arr += shift.astype(np.float32)[:, None, None, None, None]
-        x = torch.from_numpy(arr).to(device)
-    ppg = torch.from_numpy(np.stack([np.asarray(w.ppg, np.float32) for w in items])).to(device)
-    hr = torch.tensor([float(w.hr_bpm) for w in items], dtype=torch.float32, device=device)
+            shift = augment_rng.uniform(-AUGMENT_SHIFT, AUGMENT_SHIFT, size=len(indices))
+            shift_t = torch.from_numpy(shift.astype(np.float32)).to(x.device)
+            x = x + shift_t[:, None, None, None, None]
     return Batch(x, ppg, hr)
 
 
@@ -226,18 +305,22 @@ def epoch_order(n: int, seed: int, stage_index: int, epoch: int) -> np.ndarray:
 # Stages.
 
 
-def set_train_mode(model: NBHRNet, stage: Stage) -> list[nn.Parameter]:
-    """Unfreeze and put in train mode what `stage` trains; freeze the rest and keep it in eval
-    mode (frozen BatchNorms must not update their running statistics). Returns the trained
-    parameters."""
-    trained: list[nn.Module] = {
+def trained_modules(model: NBHRNet, stage: Stage) -> list[nn.Module]:
+    """The parts of the model that `stage` trains."""
+    return {
         Stage.PPG: [model.encoder, model.head.ppg],
         Stage.HR: [model.head.hr],
         Stage.FUSION: [model],
     }[stage]
+
+
+def set_train_mode(model: NBHRNet, stage: Stage) -> list[nn.Parameter]:
+    """Unfreeze and put in train mode what `stage` trains; freeze the rest and keep it in eval
+    mode (frozen BatchNorms must not update their running statistics). Returns the trained
+    parameters."""
     model.requires_grad_(False)
     model.eval()
-    for module in trained:
+    for module in trained_modules(model, stage):
         module.requires_grad_(True)
         module.train()
     return [p for p in model.parameters() if p.requires_grad]
@@ -251,20 +334,18 @@ def stage_outputs(
     The HR stage feeds the HR head the reference PPG instead of the PPG head's estimate: it is
     what the reference trains the HR estimator on, it is cheap (no CNN, no frames loaded), and
     the fusion stage then adapts the HR head to the estimated PPG.
-    dtype: the autocast dtype of the forward pass (None: float32); outputs are float32 either way.
+    dtype: the autocast dtype of the CNN encoder (None: float32). The recurrent head always runs
+    in float32: it costs little next to the CNN, and cuDNN's LSTMs take bfloat16 only in recent
+    versions. Outputs are float32.
     """
+    if stage is Stage.HR:
+        return None, model.head.hr(batch.ppg)
+    assert batch.x is not None
+    t = batch.x.shape[1]
     with _autocast(str(batch.ppg.device), dtype):
-        if stage is Stage.HR:
-            ppg, hr = None, model.head.hr(batch.ppg)
-        elif stage is Stage.PPG:
-            assert batch.x is not None
-            t = batch.x.shape[1]
-            feats = model.encoder(batch.x.flatten(0, 1))
-            ppg, hr = model.head.ppg(feats.reshape(-1, t, feats.shape[-1])), None
-        else:
-            assert batch.x is not None
-            ppg, hr = model(batch.x)
-    return (None if ppg is None else ppg.float()), (None if hr is None else hr.float())
+        feats = model.encoder(batch.x.flatten(0, 1))
+    ppg = model.head.ppg(feats.float().reshape(-1, t, feats.shape[-1]))
+    return ppg, (None if stage is Stage.PPG else model.head.hr(ppg))
 
 
 def stage_loss(
@@ -282,19 +363,21 @@ def stage_loss(
 def evaluate(
     model: NBHRNet,
     stage: Stage,
-    windows: Sequence[WindowLike],
+    windows: Sequence[WindowLike] | TensorWindows,
     batch: int,
     device: str,
     dtype: torch.dtype | None = None,
+    indices: Sequence[int] | None = None,
 ) -> dict[str, float | None]:
-    """Validation metrics of `stage` over `windows`, in eval mode.
+    """Validation metrics of `stage` over `windows` (those at `indices` if given), in eval mode.
 
     Returns val_loss (the stage's loss without the L2 penalty, window-weighted mean),
     val_hr_mae_bpm, val_hr_mape_pct (mean absolute error in percent of the reference HR) and
     val_ppg_r (mean Pearson r; None in the HR stage, which has no PPG estimate). In the HR stage
     the HR head is fed the reference PPG, as it is trained.
     """
-    if len(windows) == 0:
+    order = np.arange(len(windows)) if indices is None else np.asarray(indices, dtype=np.int64)
+    if len(order) == 0:
         return {
             "val_loss": None,
             "val_hr_mae_bpm": None,
@@ -304,8 +387,8 @@ def evaluate(
     model.eval()
     stage_eval = Stage.HR if stage is Stage.HR else Stage.FUSION
     loss_sum = mae_sum = ape_sum = r_sum = 0.0
-    for start in range(0, len(windows), batch):
-        idx = range(start, min(start + batch, len(windows)))
+    for start in range(0, len(order), batch):
+        idx = order[start : start + batch]
         b = load_batch(windows, idx, stage is not Stage.HR, device)
         ppg, hr = stage_outputs(model, stage_eval, b, dtype)
         n = len(idx)
@@ -314,13 +397,57 @@ def evaluate(
         ape_sum += float(((hr - b.hr).abs() / b.hr).sum()) * 100.0
         if ppg is not None:
             r_sum += float(pearson_r(ppg, b.ppg).sum())
-    n = len(windows)
+    n = len(order)
     return {
         "val_loss": loss_sum / n,
         "val_hr_mae_bpm": mae_sum / n,
         "val_hr_mape_pct": ape_sum / n,
         "val_ppg_r": None if stage is Stage.HR else r_sum / n,
     }
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: NBHRNet,
+    stage: Stage,
+    windows: Sequence[WindowLike] | TensorWindows,
+    indices: Sequence[int],
+    batch: int,
+    device: str,
+    dtype: torch.dtype | None = None,
+) -> None:
+    """Set the running statistics of the BatchNorm layers that `stage` trains to their exact
+    averages over the windows at `indices` (no augmentation), computed with the current weights;
+    leaves the model in eval mode.
+
+    The running averages of training use momentum 0.01 (Keras'), i.e. they average over the
+    last ~100 steps while the weights below them move every step: validation, best.pt and the
+    exported model would see statistics of an older network. Recomputing them is cheap next to
+    an epoch and makes eval-mode figures those of the weights that are saved.
+    """
+    norms = [
+        m
+        for part in trained_modules(model, stage)
+        for m in part.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
+    if not norms or len(indices) == 0:
+        return
+    set_train_mode(model, stage)
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.eval()  # draws nothing from the RNG, so a resumed run replays the same dropout
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    order = np.asarray(indices, dtype=np.int64)
+    for start in range(0, len(order), batch):
+        b = load_batch(windows, order[start : start + batch], stage is not Stage.HR, device)
+        stage_outputs(model, stage, b, dtype)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.eval()
 
 
 def _selection_score(stage: Stage, metrics: dict[str, Any]) -> float | None:
@@ -441,11 +568,23 @@ def train(
         metrics_path.unlink(missing_ok=True)
     (run_dir / CONFIG).write_text(json.dumps(asdict(cfg), indent=1) + "\n")
     model.to(cfg.device)
-    if not cfg.device.startswith("cuda"):
-        # oneDNN's convolutions run markedly faster on NHWC tensors (measured: 5.6 -> 4.2 s per
-        # batch-4 step with bf16 on 2 cores); the saved state_dict is layout-free.
-        model.to(memory_format=torch.channels_last)
+    # Convolutions run markedly faster on NHWC tensors (oneDNN measured: 5.6 -> 4.2 s per
+    # batch-4 step with bf16 on 2 cores; cuDNN's tensor-core kernels want NHWC too); the saved
+    # state_dict is layout-free, and normalise_windows already yields NHWC frames.
+    model.to(memory_format=torch.channels_last)
+    if cfg.device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True  # one input shape all run long
     dtype = autocast_dtype(cfg.precision, cfg.device)
+    hr_untrained = _hr_head_untrained(cfg, stages, pos)
+    train_data: Sequence[WindowLike] | TensorWindows = train_set
+    val_data: Sequence[WindowLike] | TensorWindows = val_set
+    needs_frames = any(s is not Stage.HR for s in stages[pos.stage_index :])
+    if needs_frames and TensorWindows.fits(train_set, cfg.device):
+        train_data = TensorWindows(train_set, cfg.device)
+        if len(val_set) and TensorWindows.fits(val_set, cfg.device):
+            val_data = TensorWindows(val_set, cfg.device)
+    # A fixed sample of training windows, scored like the validation set after each epoch.
+    probe = np.random.default_rng([cfg.seed, 1]).permutation(len(train_set))[: cfg.probe_windows]
 
     def save(optimizer: Any, scheduler: Any) -> None:
         _save_atomic(
@@ -477,10 +616,12 @@ def train(
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
         ckpt = None
-        if fresh_stage and stage is not Stage.PPG and _first_hr_stage(stages, pos, cfg):
+        if fresh_stage and stage is not Stage.PPG and hr_untrained:
             _init_hr_output(model, train_set)
+        hr_untrained = hr_untrained and stage is Stage.PPG
         if fresh_stage:
             best = None
+        stage_started = time.monotonic()
 
         while pos.epoch < cfg.epochs:
             set_train_mode(model, stage)
@@ -494,7 +635,7 @@ def train(
                 idx = order[pos.step * cfg.batch : (pos.step + 1) * cfg.batch]
                 rng = np.random.default_rng([cfg.seed, pos.stage_index, pos.epoch, pos.step])
                 b = load_batch(
-                    train_set,
+                    train_data,
                     idx,
                     stage is not Stage.HR,
                     cfg.device,
@@ -517,7 +658,12 @@ def train(
                     save(optimizer, scheduler)
                 if on_step is not None:
                     on_step(pos.global_step, value)
-            metrics = evaluate(model, stage, val_set, cfg.batch, cfg.device, dtype)
+            recal = np.random.default_rng([cfg.seed, pos.stage_index, pos.epoch, 1]).permutation(
+                len(train_set)
+            )[: cfg.bn_batches * cfg.batch]
+            recalibrate_batchnorm(model, stage, train_data, recal, cfg.batch, cfg.device, dtype)
+            metrics = evaluate(model, stage, val_data, cfg.batch, cfg.device, dtype)
+            fit = evaluate(model, stage, train_data, cfg.batch, cfg.device, dtype, indices=probe)
             lr = optimizer.param_groups[0]["lr"]
             with warnings.catch_warnings():
                 # An epoch resumed after its last batch has no optimiser step in this process;
@@ -534,6 +680,9 @@ def train(
                 # mid-epoch).
                 "train_loss": float(np.mean(epoch_losses)) if epoch_losses else None,
                 **metrics,
+                # The same figures, in eval mode, on the fixed sample of training windows.
+                "train_hr_mae_bpm": fit["val_hr_mae_bpm"],
+                "train_ppg_r": fit["val_ppg_r"],
                 "lr": lr,
                 "seconds": round(time.monotonic() - started, 3),
             }
@@ -546,6 +695,12 @@ def train(
                 _save_atomic(
                     {"model": model.state_dict(), "config": asdict(cfg), **last}, (run_dir / BEST)
                 )
+            out_of_time = (
+                cfg.max_stage_minutes is not None
+                and time.monotonic() - stage_started > 60.0 * cfg.max_stage_minutes
+            )
+            if out_of_time:
+                break
             if pos.epoch < cfg.epochs:
                 save(optimizer, scheduler)
         pos.stage_index += 1
@@ -555,9 +710,16 @@ def train(
     return {"steps": pos.global_step, "losses": losses, "best": best, "metrics": last}
 
 
-def _first_hr_stage(stages: list[Stage], pos: _Position, cfg: TrainConfig) -> bool:
-    """Whether this stage is the first of the run to train the HR head of a new model."""
-    return cfg.init_from is None and all(s is Stage.PPG for s in stages[: pos.stage_index])
+def _hr_head_untrained(cfg: TrainConfig, stages: list[Stage], pos: _Position) -> bool:
+    """Whether the HR head is still as initialised when the run reaches stage pos.stage_index:
+    no earlier stage of this run trained it, and the model does not start from a checkpoint
+    whose run trained it (a "ppg" run's best.pt leaves it untouched)."""
+    if any(s is not Stage.PPG for s in stages[: pos.stage_index]):
+        return False
+    if cfg.init_from is None:
+        return True
+    ckpt = torch.load(Path(cfg.init_from), map_location="cpu", weights_only=True)
+    return ckpt.get("stage") == Stage.PPG.value
 
 
 @torch.no_grad()

@@ -82,10 +82,7 @@ class ProcessingOptions:
         if not self.estimators:
             raise ValueError("at least one estimator is needed")
         if NBHRNET in self.estimators and not self.model_path:
-            raise ValueError(
-                "--estimator nbhrnet needs --model FILE.onnx or NAME:VERSION (no trained "
-                "default model ships yet: train one with `nbhr train`, then `nbhr export-onnx`)"
-            )
+            raise ValueError("estimator nbhrnet needs a model file (model_path)")
         if self.model_path and NBHRNET not in self.estimators:
             raise ValueError("--model is only used by --estimator nbhrnet")
         if self.window_s <= 0 or self.hop_s <= 0 or self.segment_s <= 0:
