@@ -20,6 +20,14 @@ BUNDLED_NAME = "nbhrnet"
 BUNDLED_VERSION = "1"
 BUNDLED_CARD = Path(__file__).parent / "data" / "nbhrnet.json"
 
+
+def companion_paths(path: Path) -> tuple[Path, Path]:
+    """Where an exported model's encoder and head halves live: X.onnx -> X.encoder.onnx,
+    X.head.onnx (training.export writes them)."""
+    path = Path(path)
+    return path.with_suffix(".encoder.onnx"), path.with_suffix(".head.onnx")
+
+
 # Below this standard deviation (in 0-255 levels) a colour channel is flat over the whole window:
 # it is mapped to zeros instead of dividing its sensor noise up to unit variance.
 MIN_CHANNEL_STD = 1e-3
@@ -47,6 +55,23 @@ def normalise_window(frames_rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
+def normalise_blocks(frames_rgb: np.ndarray, block: int = 60) -> np.ndarray:
+    """Frames normalised block by block: each run of `block` consecutive frames (the last may be
+    shorter) goes through normalise_window on its own.
+
+    A frame's normalised value then depends only on its block, not on which window it is later
+    cut into, so its CNN features can be computed once and shared by overlapping windows. A
+    window that coincides with a block gets exactly what normalise_window gives it; one that
+    straddles two blocks sees each part scaled by its own block's statistics.
+    frames_rgb: uint8 (n, H, W, 3). Returns float32 (n, 3, H, W).
+    """
+    frames = np.asarray(frames_rgb)
+    parts = [normalise_window(frames[i : i + block]) for i in range(0, len(frames), block)]
+    if not parts:
+        return np.zeros((0, 3, *frames.shape[1:3]), np.float32)
+    return np.concatenate(parts)
+
+
 class NBHRNetRunner:
     """An exported NBHRnet (training.export.export_onnx) run with onnxruntime on the CPU.
 
@@ -70,20 +95,78 @@ class NBHRNetRunner:
                 digest.update(block)
         return digest.hexdigest()
 
+    def _open(self, path: Path) -> Any:
+        # Imported here so that importing this module stays cheap for workers that only run
+        # the classical estimators.
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
     def _get_session(self) -> Any:
         if self._session is None:
-            # Imported here so that importing this module stays cheap for workers that only run
-            # the classical estimators.
-            import onnxruntime as ort
-
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = self.threads
-            options.inter_op_num_threads = 1
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            self._session = ort.InferenceSession(
-                str(self.path), options, providers=["CPUExecutionProvider"]
-            )
+            self._session = self._open(self.path)
         return self._session
+
+    @cached_property
+    def _halves(self) -> tuple[Any, Any] | None:
+        """Sessions of the encoder and head companions, or None when they are missing or were
+        exported from another model (their nbhr.parent_sha256 is not this file's hash)."""
+        paths = companion_paths(self.path)
+        if not all(p.is_file() for p in paths):
+            return None
+        sessions = tuple(self._open(p) for p in paths)
+        for session in sessions:
+            meta = session.get_modelmeta().custom_metadata_map
+            if meta.get("nbhr.parent_sha256") != self.sha256:
+                return None
+        return sessions
+
+    @property
+    def framewise(self) -> bool:
+        """Whether frames can be encoded once and windows cut from their features at any hop
+        (encode_frames, run_head): the model's encoder and head halves are beside it."""
+        return self._halves is not None
+
+    def _require_halves(self) -> tuple[Any, Any]:
+        if self._halves is None:
+            names = ", ".join(p.name for p in companion_paths(self.path))
+            raise ValueError(
+                f"{self.path.name} has no encoder/head companions ({names}) from the same "
+                "export: export it again with `nbhr export-onnx`"
+            )
+        return self._halves
+
+    def encode_frames(self, frames: np.ndarray, batch_size: int = 30) -> np.ndarray:
+        """CNN features of each frame: float32 (n, 3, H, W), normalised (normalise_window or
+        normalise_blocks) -> float32 (n, 256). batch_size frames per call bound the memory
+        (about 4 MB of activations a frame). Raises ValueError without companions."""
+        encoder, _ = self._require_halves()
+        x = np.asarray(frames, dtype=np.float32)
+        parts = [
+            encoder.run(["features"], {"frames": np.ascontiguousarray(x[i : i + batch_size])})[0]
+            for i in range(0, len(x), batch_size)
+        ]
+        return np.concatenate(parts) if parts else np.zeros((0, 256), np.float32)
+
+    def run_head(self, features: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """Heart rate and PPG of windows of frame features: float32 (N, T, 256) ->
+        (hr_bpm (N,), ppg (N, T)), as predict gives for the same windows' frames."""
+        _, head = self._require_halves()
+        x = np.asarray(features, dtype=np.float32)
+        hr_parts, ppg_parts = [], []
+        for i in range(0, len(x), batch_size):
+            chunk = np.ascontiguousarray(x[i : i + batch_size])
+            ppg, hr = head.run(["ppg", "hr"], {"features": chunk})
+            hr_parts.append(hr)
+            ppg_parts.append(ppg)
+        if not hr_parts:
+            frames = x.shape[1] if x.ndim == 3 else 0
+            return np.zeros(0, np.float32), np.zeros((0, frames), np.float32)
+        return np.concatenate(hr_parts), np.concatenate(ppg_parts)
 
     def predict(self, windows: np.ndarray, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
         """Heart rate and PPG of each window.

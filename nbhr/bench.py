@@ -11,6 +11,7 @@ import os
 import platform
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,43 @@ def bench_nbhrnet(model: Path, repeats: int = 3) -> dict[str, Any]:
     return out
 
 
+def bench_nbhrnet_overlap(model: Path, seconds: float = 10.0) -> dict[str, Any]:
+    """NBHRnet inference alone over `seconds` of 30-fps frames on 1 thread, per video second of
+    CPU: windows every 2 s against every 0.5 s through the per-frame encoder and the head
+    (features computed once), and every 0.5 s through the whole-model graph (each window's
+    frames encoded again), which is what overlap would cost without shared features."""
+    from model.nbhrnet import NBHRNetRunner
+
+    runner = NBHRNetRunner(model, threads=1)
+    if not runner.framewise:
+        return {"skipped": f"{model.name} has no encoder/head companions"}
+    rng = np.random.default_rng(0)
+    n = int(seconds * 30)
+    x = rng.standard_normal((n, 3, 128, 128)).astype(np.float32)
+    runner.encode_frames(x[:60])  # warm-up: sessions, first runs
+    runner.run_head(np.zeros((1, 60, 256), np.float32))
+    out: dict[str, Any] = {"video_s": seconds}
+    for label, hop in (("hop_2s", 60), ("hop_0.5s", 15)):
+        with _Clock() as c:
+            feats = runner.encode_frames(x)
+            firsts = range(0, n - 60 + 1, hop)
+            runner.run_head(np.stack([feats[k : k + 60] for k in firsts]))
+        out[label] = {"windows": len(firsts), "cpu_s_per_video_s": c.cpu / seconds}
+    firsts = range(0, n - 60 + 1, 15)
+    windows = np.stack([x[k : k + 60] for k in firsts[:4]])
+    runner.predict(windows[:1], batch_size=1)
+    with _Clock() as c:
+        runner.predict(windows, batch_size=1)
+    out["hop_0.5s_whole_graph"] = {
+        "windows": len(firsts),
+        "cpu_s_per_video_s": c.cpu / len(windows) * len(firsts) / seconds,
+    }
+    out["ratio_hop_0.5s_to_2s"] = (
+        out["hop_0.5s"]["cpu_s_per_video_s"] / out["hop_2s"]["cpu_s_per_video_s"]
+    )
+    return out
+
+
 def bench_end_to_end(
     archive: Path,
     workers: int,
@@ -211,6 +249,17 @@ def run_bench(archive: Path | None, workers: int, model: Path | None = None) -> 
                 ("one_process_threads", 1, workers),
             )
             result["nbhrnet"]["end_to_end"] = bench_end_to_end(archive, workers, opts, layouts)
+            result["nbhrnet"]["overlap"] = bench_nbhrnet_overlap(model)
+            if NBHRNetRunner(model).framewise:
+                # The same archive end to end, one process, windows every 2 s and every 0.5 s.
+                one = (("one_process", 1, 1),)
+                for hop in (2.0, 0.5):
+                    e2e = bench_end_to_end(archive, 1, replace(opts, nbhrnet_hop_s=hop), one)
+                    entry = e2e["one_process"]
+                    result["nbhrnet"]["overlap"][f"end_to_end_hop_{hop:g}s"] = {
+                        "cpu_s_per_video_s": entry["cpu_s"] / entry["video_s"],
+                        "video_s_per_cpu_s": entry["video_s_per_cpu_s"],
+                    }
     return result
 
 

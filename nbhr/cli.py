@@ -157,6 +157,7 @@ def _options_from_cli(
     hop_s: float,
     segment_s: float,
     model: Path | None = None,
+    nbhrnet_hop_s: float = 2.0,
 ):
     from model.bands import Band
     from model.classical import ESTIMATORS
@@ -185,7 +186,13 @@ def _options_from_cli(
             segment_s=segment_s,
             model_path=str(model.resolve()) if model else None,
             model_sha256=NBHRNetRunner(model).sha256 if model else None,
+            nbhrnet_hop_s=nbhrnet_hop_s,
         )
+        if nbhrnet_hop_s != 2.0 and model and not NBHRNetRunner(model).framewise:
+            raise ValueError(
+                f"--nbhrnet-hop-s {nbhrnet_hop_s:g} needs the model's encoder/head companions"
+                f" next to {model.name}: export it again with `nbhr export-onnx`"
+            )
         opts.validate()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
@@ -248,6 +255,14 @@ _PLAN_OPTIONS = [
         show_default=True,
         type=float,
         help="Video seconds per unit of work.",
+    ),
+    click.option(
+        "--nbhrnet-hop-s",
+        default=2.0,
+        show_default=True,
+        type=float,
+        help="Step between NBHRnet's 2-s windows (2, 1, 0.5, ...): each frame's CNN features"
+        " are computed once, so overlapping windows cost only the small recurrent head.",
     ),
     click.option(
         "--model",
@@ -404,6 +419,7 @@ def register_and_plan(
     hop_s: float,
     segment_s: float,
     model: str | None,
+    nbhrnet_hop_s: float,
     retry_failed: bool,
 ) -> tuple[Engine, Any, Any]:
     """What `run` and `enqueue` share: check the options, register every video under
@@ -420,7 +436,7 @@ def register_and_plan(
     else:
         model_file = None
     opts = _options_from_cli(
-        estimators, roi, population, hr_range, window_s, hop_s, segment_s, model_file
+        estimators, roi, population, hr_range, window_s, hop_s, segment_s, model_file, nbhrnet_hop_s
     )
     try:
         manifest = manifest or (directory / "manifest.csv")

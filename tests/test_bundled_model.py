@@ -6,9 +6,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
-from model.nbhrnet import BUNDLED_CARD, BUNDLED_MODEL, NBHRNetRunner
+import numpy as np
+
+from model.nbhrnet import (
+    BUNDLED_CARD,
+    BUNDLED_MODEL,
+    NBHRNetRunner,
+    normalise_blocks,
+    normalise_window,
+)
 from tests.helpers import nbhr, nbhr_json
 
 # The paper's NBHR figure, which the card's target is; the held-out synthetic video here
@@ -52,3 +61,59 @@ def test_nbhrnet_runs_the_bundled_model_by_default(demo_archive: Path, sqlite_ur
     # Using it again registers nothing twice.
     nbhr("run", demo_archive, "--db", sqlite_url, "--estimator", "nbhrnet")
     assert len(nbhr_json("models", "list", "--db", sqlite_url, "--json")) == 1
+
+
+def test_frames_encoded_once_give_the_whole_models_results() -> None:
+    """Block-normalised frames through the encoder, cut into windows on the 2-s grid and run
+    through the head, give exactly what the whole-model graph gives each window."""
+    runner = NBHRNetRunner(BUNDLED_MODEL)
+    assert runner.framewise
+    video = np.random.default_rng(1).integers(0, 256, (180, 128, 128, 3), dtype=np.uint8)
+    features = runner.encode_frames(normalise_blocks(video))
+    hr, ppg = runner.run_head(features.reshape(3, 60, -1))
+    whole_hr, whole_ppg = runner.predict(
+        np.stack([normalise_window(w) for w in np.split(video, 3)])
+    )
+    np.testing.assert_allclose(hr, whole_hr, atol=1e-3)
+    np.testing.assert_allclose(ppg, whole_ppg, atol=1e-5)
+
+
+def _nbhrnet_windows(url: str) -> dict[tuple[str, float], float | None]:
+    rows = nbhr_json("results", "--db", url, "--estimator", "nbhrnet", "--format", "json")
+    return {(r["recording"], r["t_start"]): r["hr_bpm"] for r in rows}
+
+
+def test_overlapping_windows_share_frame_features(demo_archive: Path, tmp_path: Path) -> None:
+    """--nbhrnet-hop-s 0.5: four windows per 2 s; those on the 2-s grid are the hop-2 run's."""
+    base = f"sqlite:///{tmp_path / 'a.sqlite'}"
+    dense = f"sqlite:///{tmp_path / 'b.sqlite'}"
+    nbhr("run", demo_archive, "--db", base, "--estimator", "nbhrnet")
+    nbhr("run", demo_archive, "--db", dense, "--estimator", "nbhrnet", "--nbhrnet-hop-s", "0.5")
+    coarse, fine = _nbhrnet_windows(base), _nbhrnet_windows(dense)
+    # Three 16-s recordings: 8 windows every 2 s, 29 every 0.5 s (the last starts at 14 s).
+    assert len(coarse) == 3 * 8 and len(fine) == 3 * 29
+    for key, hr in coarse.items():
+        assert fine[key] == hr
+    with_face = [hr for hr in fine.values() if hr is not None]
+    assert len(with_face) == 2 * 29  # the face-less recording has none
+
+
+def test_overlap_needs_the_encoder_and_head(tmp_path: Path, demo_archive: Path) -> None:
+    alone = tmp_path / "alone.onnx"
+    shutil.copy(BUNDLED_MODEL, alone)
+    url = f"sqlite:///{tmp_path / 'x.sqlite'}"
+    args = ("run", demo_archive, "--db", url, "--estimator", "nbhrnet", "--model", alone)
+    out = nbhr(*args, "--nbhrnet-hop-s", "0.5", check=False)
+    assert out.returncode == 2 and "encoder/head companions" in out.stderr
+    out = nbhr(*args[:-2], "--nbhrnet-hop-s", "0.7", check=False)
+    assert out.returncode == 2 and "must divide 2 s" in out.stderr
+
+
+def test_bench_reports_the_cost_of_overlap() -> None:
+    from nbhr.bench import bench_nbhrnet_overlap
+
+    out = bench_nbhrnet_overlap(BUNDLED_MODEL, seconds=4.0)
+    # 120 frames: windows at 0 and 60 every 2 s; at 0, 15, ..., 60 every 0.5 s.
+    assert (out["hop_2s"]["windows"], out["hop_0.5s"]["windows"]) == (2, 5)
+    assert out["hop_0.5s_whole_graph"]["windows"] == 5
+    assert out["ratio_hop_0.5s_to_2s"] > 0

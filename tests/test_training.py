@@ -304,6 +304,13 @@ def test_export_onnx_from_checkpoint(tmp_path: Path, full_run: tuple[Path, dict]
     np.testing.assert_allclose(hr, hr_t.numpy(), rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(ppg, ppg_t.numpy(), rtol=1e-4, atol=1e-4)
 
+    # The encoder and head written beside it compose to the same model.
+    assert runner.framewise
+    features = runner.encode_frames(x.reshape(-1, 3, 128, 128)).reshape(2, FRAMES, -1)
+    hr_split, ppg_split = runner.run_head(features)
+    np.testing.assert_allclose(hr_split, hr, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(ppg_split, ppg, rtol=1e-5, atol=1e-5)
+
 
 def test_train_command_on_a_real_archive(demo_archive: Path, tmp_path: Path) -> None:
     """`nbhr train` end to end on the session's demo archive: real decoding, tracking and

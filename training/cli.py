@@ -236,7 +236,9 @@ def _on_window_grid(t_start: float, window_s: float = 2.0) -> bool:
     "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="ONNX file."
 )
 def export_onnx(checkpoint: Path, out: Path) -> None:
-    """Export a training checkpoint (checkpoint.pt or best.pt) to ONNX; prints its SHA-256."""
+    """Export a training checkpoint (checkpoint.pt or best.pt) to ONNX, with its per-frame
+    encoder and per-window head beside it (FILE -> FILE.encoder.onnx, FILE.head.onnx, which let
+    workers share frame features between overlapping windows); prints the model's SHA-256."""
     _require_training_deps()
     from training.export import export_onnx as export
     from training.train import load_checkpoint

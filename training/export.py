@@ -1,22 +1,28 @@
-"""Export a trained NBHRNet to ONNX, the form the workers run (model.nbhrnet.NBHRNetRunner)."""
+"""Export a trained NBHRNet to ONNX, the form the workers run (model.nbhrnet.NBHRNetRunner): the
+whole model as one graph, plus its two halves (per-frame encoder, per-window head) as companion
+files, so that workers compute each frame's CNN features once however much windows overlap."""
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 
 import onnx
 import torch
+from torch import nn
 
-from training.nbhrnet import FRAME_SIZE, NBHRNet
+from model.nbhrnet import companion_paths
+from training.nbhrnet import FEATURES, FRAME_SIZE, NBHRNet
 
 # Opset 17 has LSTM and everything else the model uses, and onnxruntime >= 1.17 (our floor)
 # runs it.
 OPSET = 17
 
 
-def export_onnx(model: NBHRNet, path: Path, frames: int = 60) -> None:
-    """Write `model` to `path` as an ONNX graph, with the TorchScript exporter.
+def export_onnx(model: NBHRNet, path: Path, frames: int = 60, companions: bool = True) -> None:
+    """Write `model` to `path` as an ONNX graph, with the TorchScript exporter, and (companions)
+    its encoder and head beside it (model.nbhrnet.companion_paths; see _export_companions).
 
     Input "frames": float32 (batch, frames, 3, 128, 128), normalised as NBHRNet.forward expects;
     outputs "ppg": float32 (batch, frames) and "hr": float32 (batch,), beats per minute. The batch
@@ -65,3 +71,66 @@ def export_onnx(model: NBHRNet, path: Path, frames: int = 60) -> None:
         },
     )
     onnx.save(graph, str(path))
+    if companions:
+        _export_companions(model, Path(path), frames)
+
+
+class _Head(nn.Module):
+    def __init__(self, model: NBHRNet) -> None:
+        super().__init__()
+        self.head = model.head
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(features)
+
+
+def _export_companions(model: NBHRNet, path: Path, frames: int) -> None:
+    """The model's two halves, each tagged with the SHA-256 of the whole-model file at `path`
+    (metadata "nbhr.parent_sha256"), so that a runner never pairs them with another model:
+
+    encoder: "frames" float32 (n, 3, 128, 128), normalised frames -> "features" (n, 256);
+    head: "features" float32 (batch, frames, 256) -> "ppg" (batch, frames), "hr" (batch,).
+    The head applied to the encoder's features of a window's frames is the whole model.
+    """
+    parent = hashlib.sha256(path.read_bytes()).hexdigest()
+    encoder_path, head_path = companion_paths(path)
+    parts = (
+        (
+            model.encoder,
+            torch.zeros(2, 3, FRAME_SIZE, FRAME_SIZE),
+            encoder_path,
+            "frames",
+            ["features"],
+        ),
+        # eval(): the exporter restores the wrapper's mode afterwards, and a new module is in
+        # train mode, which would put the model's head back into training.
+        (
+            _Head(model).eval(),
+            torch.zeros(2, frames, FEATURES),
+            head_path,
+            "features",
+            ["ppg", "hr"],
+        ),
+    )
+    for module, dummy, out, input_name, output_names in parts:
+        axes = {name: {0: "batch"} for name in [input_name, *output_names]}
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size")
+            warnings.filterwarnings(
+                "ignore", category=torch.jit.TracerWarning, module="torch.nn.modules.rnn"
+            )
+            torch.onnx.export(
+                module,
+                (dummy,),
+                str(out),
+                input_names=[input_name],
+                output_names=output_names,
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                dynamo=False,
+            )
+        graph = onnx.load(str(out))
+        if input_name == "features":
+            graph.graph.output[0].type.tensor_type.shape.dim[1].dim_value = frames
+        onnx.helper.set_model_props(graph, {"nbhr.parent_sha256": parent})
+        onnx.save(graph, str(out))

@@ -19,6 +19,7 @@ NBHRNET = "nbhrnet"
 # window (window_s, every hop_s). Written whenever "nbhrnet" runs; not requested on its own.
 NBHRNET_PPG = "nbhrnet_ppg"
 NBHRNET_WINDOW_S = 2.0  # 60 frames at 30 fps
+NBHRNET_FPS = 30.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class ProcessingOptions:
     # in every window it writes.
     model_path: str | None = None
     model_sha256: str | None = None
+    # Step between NBHRnet's 2-s windows, seconds: 2 s tiles the video; 0.5 s gives four
+    # overlapping windows per 2 s from the same per-frame CNN features.
+    nbhrnet_hop_s: float = NBHRNET_WINDOW_S
 
     @property
     def model_key(self) -> str:
@@ -74,6 +78,9 @@ class ProcessingOptions:
         """Stable hash of everything that changes the windows a run writes."""
         data = self.to_json()
         data["estimators"] = sorted(data["estimators"])
+        if self.nbhrnet_hop_s == NBHRNET_WINDOW_S:
+            # Jobs planned before the option existed keep their key (and their finished work).
+            del data["nbhrnet_hop_s"]
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -85,6 +92,13 @@ class ProcessingOptions:
             raise ValueError("estimator nbhrnet needs a model file (model_path)")
         if self.model_path and NBHRNET not in self.estimators:
             raise ValueError("--model is only used by --estimator nbhrnet")
+        frames = self.nbhrnet_hop_s * NBHRNET_FPS
+        step = round(frames)
+        if abs(frames - step) > 1e-6 or step < 1 or round(NBHRNET_WINDOW_S * NBHRNET_FPS) % step:
+            raise ValueError(
+                f"--nbhrnet-hop-s {self.nbhrnet_hop_s:g} must divide {NBHRNET_WINDOW_S:g} s into "
+                f"whole frames at {NBHRNET_FPS:g} fps (e.g. 2, 1, 0.5, 0.2)"
+            )
         if self.window_s <= 0 or self.hop_s <= 0 or self.segment_s <= 0:
             raise ValueError("--window-s, --hop-s and --segment-s must be positive")
         if self.hop_s > self.window_s:

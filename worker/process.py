@@ -28,7 +28,14 @@ from model.classical import make_estimator
 from model.nbhrnet import NBHRNetRunner, normalise_window, stitched_ppg_hr
 from model.reference import ppg_target, reference_hr
 from model.spectrum import spectral_hr
-from worker.crops import CROP_SIZE, MODEL_FPS, WINDOW_FRAMES, face_crop, windows_of
+from worker.crops import (
+    CROP_SIZE,
+    MODEL_FPS,
+    WINDOW_FRAMES,
+    face_crop,
+    resample_indices,
+    windows_of,
+)
 from worker.faces import Box, FaceDetector, FaceTracker, region_mean, skin_mean
 from worker.options import NBHRNET, NBHRNET_PPG, NBHRNET_WINDOW_S, ProcessingOptions, WindowGrid
 from worker.video import VideoError, iter_frames
@@ -40,6 +47,7 @@ LEASE_S = float(os.environ.get("NBHR_LEASE_S", "120"))
 # instead of taking down one more worker (NBHR_MAX_ATTEMPTS overrides).
 MAX_ATTEMPTS = int(os.environ.get("NBHR_MAX_ATTEMPTS", "3"))
 NBHRNET_BATCH = 2
+FEATURE_SIZE = 256  # NBHRnet's per-frame CNN features
 RENEW_EVERY_S = min(30.0, LEASE_S / 4)
 # A window counts as having a face when the face was tracked in at least this share of frames.
 MIN_FACE_FRACTION = 0.8
@@ -308,37 +316,36 @@ def _nbhrnet_rows(
     crops_start_s: float,
     spans: list[tuple[float, float]],
 ) -> list[dict]:
-    """NBHRnet's windows (2 s = 60 crops at 30 fps, every 2 s) that start in the segment, and
-    its second estimate over each (start, end) span in `spans`: the HR of its PPG output
-    stitched over the span (`model.nbhrnet.stitched_ppg_hr`). `crops` start at `crops_start_s` (the
-    segment's start) and may run past the segment's end, to cover the last span."""
+    """NBHRnet's 2-s windows (60 crops at 30 fps, every opts.nbhrnet_hop_s) that start in the
+    segment, and its second estimate over each (start, end) span in `spans`: the HR of its PPG
+    output stitched over the span (`model.nbhrnet.stitched_ppg_hr`, from the windows on the
+    2-s grid). `crops` start at `crops_start_s` (the segment's start) and may run past the
+    segment's end, to cover the last span."""
     runner = nbhrnet_runner(opts.model_path, opts.model_sha256)
-    starts, batch = [], []
-    for k, window in windows_of(iter(crops), seg.fps, len(crops)):
-        starts.append((crops_start_s + k * WINDOW_FRAMES / MODEL_FPS, window is not None))
-        if window is not None:
-            batch.append(normalise_window(window))
-    # Batches above 2 windows barely help on CPU but cost ~260 MB of activations per window.
-    hr, ppg = (
-        runner.predict(np.stack(batch), batch_size=NBHRNET_BATCH)
-        if batch
-        else (np.empty(0), np.empty((0, 0)))
-    )
+    hop = round(opts.nbhrnet_hop_s * MODEL_FPS)
+    if runner.framewise:
+        windows = _framewise_windows(runner, crops, seg.fps, hop)
+    elif hop == WINDOW_FRAMES:
+        windows = _whole_windows(runner, crops, seg.fps)
+    else:
+        raise ValueError(
+            f"--nbhrnet-hop-s {opts.nbhrnet_hop_s:g} needs the model's encoder/head companions"
+            f" next to {Path(opts.model_path or '').name}; export it again with nbhr export-onnx"
+        )
     chunks: list[tuple[float, np.ndarray | None]] = []  # (start s, PPG or None without a face)
     rows = []
-    i = 0
-    for start, has_face in starts:
+    for first, value, wave in windows:
+        start = crops_start_s + first / MODEL_FPS
         end = start + WINDOW_FRAMES / MODEL_FPS
-        value, quality, r, wave = None, None, None, None
-        if has_face:
-            wave = ppg[i]
-            value = float(hr[i])
+        quality, r = None, None
+        if wave is not None:
             quality = float(spectral_hr(wave - wave.mean(), MODEL_FPS, opts.band).snr_db)
             r = _ppg_r(wave, seg.references, start)
-            i += 1
-        chunks.append((start, wave))
+        if first % WINDOW_FRAMES == 0:
+            chunks.append((start, wave))
         if start >= seg.t_end - 1e-9:
             continue  # decoded only for a span; the next segment writes this window
+        has_face = value is not None
         rows.append(
             _nbhrnet_row(seg, opts, NBHRNET, start, end, value, quality, has_face) | {"ppg_r": r}
         )
@@ -351,6 +358,62 @@ def _nbhrnet_rows(
             value, quality = stitched_ppg_hr(inside, MODEL_FPS, opts.band)
         rows.append(_nbhrnet_row(seg, opts, NBHRNET_PPG, t0, t1, value, quality, has_face))
     return rows
+
+
+# (first 30-fps frame of the window, HR in bpm, PPG (60,)); HR and PPG None without a face.
+_NetWindow = tuple[int, float | None, np.ndarray | None]
+
+
+def _framewise_windows(
+    runner: NBHRNetRunner, crops: list[np.ndarray | None], fps: float, hop: int
+) -> list[_NetWindow]:
+    """Every frame's CNN features computed once, then windows every `hop` frames cut from them.
+
+    Frames are normalised in 60-frame blocks (model.nbhrnet.normalise_blocks), so a window on
+    the 2-s grid gets exactly the whole-window normalisation the model was trained with, and its
+    result equals the whole-model graph's. A block with a frame without a face is not encoded,
+    and a window that touches it has no estimate.
+    """
+    frames = [crops[i] for i in resample_indices(len(crops), fps)]
+    n = len(frames)
+    features = np.zeros((n, FEATURE_SIZE), np.float32)
+    encoded = np.zeros(n, bool)
+    for b in range(0, n, WINDOW_FRAMES):
+        block = frames[b : b + WINDOW_FRAMES]
+        if all(f is not None for f in block):
+            features[b : b + len(block)] = runner.encode_frames(normalise_window(np.stack(block)))
+            encoded[b : b + len(block)] = True
+    firsts = list(range(0, n - WINDOW_FRAMES + 1, hop))
+    usable = [k for k in firsts if encoded[k : k + WINDOW_FRAMES].all()]
+    if usable:
+        hr, ppg = runner.run_head(np.stack([features[k : k + WINDOW_FRAMES] for k in usable]))
+    out: dict[int, tuple[float, np.ndarray]] = {
+        k: (float(hr[i]), ppg[i]) for i, k in enumerate(usable)
+    }
+    return [(k, *out.get(k, (None, None))) for k in firsts]
+
+
+def _whole_windows(
+    runner: NBHRNetRunner, crops: list[np.ndarray | None], fps: float
+) -> list[_NetWindow]:
+    """Windows every 2 s through the whole-model graph, one normalised window at a time (for a
+    model exported without its encoder/head companions)."""
+    firsts, batch = [], []
+    for k, window in windows_of(iter(crops), fps, len(crops)):
+        firsts.append((k * WINDOW_FRAMES, window is not None))
+        if window is not None:
+            batch.append(normalise_window(window))
+    # Batches above 2 windows barely help on CPU but cost ~260 MB of activations per window.
+    if batch:
+        hr, ppg = runner.predict(np.stack(batch), batch_size=NBHRNET_BATCH)
+    out, i = [], 0
+    for first, has_face in firsts:
+        if has_face:
+            out.append((first, float(hr[i]), ppg[i]))
+            i += 1
+        else:
+            out.append((first, None, None))
+    return out
 
 
 def _nbhrnet_row(
