@@ -72,6 +72,22 @@ def normalise_blocks(frames_rgb: np.ndarray, block: int = 60) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def _hr_and_ppg(
+    session: Any, input_name: str, x: np.ndarray, batch_size: int, frames: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run a session whose outputs are "ppg" and "hr" over x in chunks of batch_size along the
+    first axis; returns (hr (N,), ppg (N, frames))."""
+    hr_parts, ppg_parts = [], []
+    for start in range(0, len(x), batch_size):
+        chunk = np.ascontiguousarray(x[start : start + batch_size])
+        ppg, hr = session.run(["ppg", "hr"], {input_name: chunk})
+        hr_parts.append(hr)
+        ppg_parts.append(ppg)
+    if not hr_parts:
+        return np.zeros(0, np.float32), np.zeros((0, frames), np.float32)
+    return np.concatenate(hr_parts), np.concatenate(ppg_parts)
+
+
 class NBHRNetRunner:
     """An exported NBHRnet (training.export.export_onnx) run with onnxruntime on the CPU.
 
@@ -157,16 +173,7 @@ class NBHRNetRunner:
         (hr_bpm (N,), ppg (N, T)), as predict gives for the same windows' frames."""
         _, head = self._require_halves()
         x = np.asarray(features, dtype=np.float32)
-        hr_parts, ppg_parts = [], []
-        for i in range(0, len(x), batch_size):
-            chunk = np.ascontiguousarray(x[i : i + batch_size])
-            ppg, hr = head.run(["ppg", "hr"], {"features": chunk})
-            hr_parts.append(hr)
-            ppg_parts.append(ppg)
-        if not hr_parts:
-            frames = x.shape[1] if x.ndim == 3 else 0
-            return np.zeros(0, np.float32), np.zeros((0, frames), np.float32)
-        return np.concatenate(hr_parts), np.concatenate(ppg_parts)
+        return _hr_and_ppg(head, "features", x, batch_size, x.shape[1] if x.ndim == 3 else 0)
 
     def predict(self, windows: np.ndarray, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
         """Heart rate and PPG of each window.
@@ -185,15 +192,7 @@ class NBHRNetRunner:
             raise ValueError(f"windows must be (N, *{expected}), got {x.shape}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        hr_parts, ppg_parts = [], []
-        for start in range(0, len(x), batch_size):
-            chunk = np.ascontiguousarray(x[start : start + batch_size])
-            ppg, hr = session.run(["ppg", "hr"], {"frames": chunk})
-            hr_parts.append(hr)
-            ppg_parts.append(ppg)
-        if not hr_parts:
-            return np.zeros(0, np.float32), np.zeros((0, expected[0]), np.float32)
-        return np.concatenate(hr_parts), np.concatenate(ppg_parts)
+        return _hr_and_ppg(session, "frames", x, batch_size, expected[0])
 
     def describe(self) -> dict[str, Any]:
         """The model's input and output spec and its embedded metadata, for the registry.

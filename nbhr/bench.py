@@ -165,6 +165,36 @@ def bench_nbhrnet_overlap(model: Path, seconds: float = 10.0) -> dict[str, Any]:
     return out
 
 
+def bench_pipeline_overhead(
+    face_videos: list[Path], model: Path, opts: ProcessingOptions
+) -> dict[str, Any]:
+    """What the pipeline around NBHRnet costs: `--estimator nbhrnet` end to end on videos that
+    show a face throughout (one process, 1 thread: decode, track, crop, normalise, encode, head,
+    store) against NBHRnet inference alone (encoder and head) on as many frames, CPU seconds
+    each, in one run."""
+    from model.nbhrnet import NBHRNetRunner
+
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = Path(tmp) / "faces"
+        archive.mkdir()
+        for v in face_videos:
+            (archive / v.name).symlink_to(v.resolve())
+        e2e = bench_end_to_end(archive, 1, opts, (("one_process", 1, 1),))["one_process"]
+    runner = NBHRNetRunner(model, threads=1)
+    n = int(round(e2e["video_s"] * 30))
+    x = np.random.default_rng(0).standard_normal((60, 3, 128, 128)).astype(np.float32)
+    runner.run_head(runner.encode_frames(x)[None])  # warm-up
+    with _Clock() as c:
+        for _ in range(n // 60):
+            runner.run_head(runner.encode_frames(x)[None])
+    return {
+        "video_s": e2e["video_s"],
+        "end_to_end_cpu_s": e2e["cpu_s"],
+        "inference_cpu_s": c.cpu,
+        "ratio": e2e["cpu_s"] / c.cpu,
+    }
+
+
 def bench_end_to_end(
     archive: Path,
     workers: int,
@@ -251,6 +281,9 @@ def run_bench(archive: Path | None, workers: int, model: Path | None = None) -> 
             result["nbhrnet"]["end_to_end"] = bench_end_to_end(archive, workers, opts, layouts)
             result["nbhrnet"]["overlap"] = bench_nbhrnet_overlap(model)
             if NBHRNetRunner(model).framewise:
+                result["nbhrnet"]["pipeline_overhead"] = bench_pipeline_overhead(
+                    with_face, model, opts
+                )
                 # The same archive end to end, one process, windows every 2 s and every 0.5 s.
                 one = (("one_process", 1, 1),)
                 for hop in (2.0, 0.5):

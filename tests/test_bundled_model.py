@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from model.nbhrnet import (
     BUNDLED_CARD,
@@ -36,10 +37,18 @@ def test_the_card_describes_the_file() -> None:
     assert card["metrics"]["heldout_synthetic_hr_mae_bpm"] <= PAPER_MAE_BPM
 
 
-def test_nbhrnet_runs_the_bundled_model_by_default(demo_archive: Path, sqlite_url: str) -> None:
+@pytest.fixture(scope="module")
+def default_run(demo_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A database holding `nbhr run --estimator nbhrnet` (no --model) on the session's demo."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('bundled') / 'nbhr.sqlite'}"
+    nbhr("run", demo_archive, "--db", url, "--estimator", "nbhrnet")
+    return url
+
+
+def test_nbhrnet_runs_the_bundled_model_by_default(demo_archive: Path, default_run: str) -> None:
     """The session's demo archive (seed 7) shares no infant with the training archive (seed 0):
     its faces, pulses and motion are new to the model."""
-    nbhr("run", demo_archive, "--db", sqlite_url, "--estimator", "nbhrnet")
+    sqlite_url = default_run
     key = hashlib.sha256(BUNDLED_MODEL.read_bytes()).hexdigest()[:16]
     rows = nbhr_json("results", "--db", sqlite_url, "--estimator", "nbhrnet", "--format", "json")
     assert rows and {r["model"] for r in rows} == {"nbhrnet:1"}  # the key, by its registered name
@@ -83,11 +92,12 @@ def _nbhrnet_windows(url: str) -> dict[tuple[str, float], float | None]:
     return {(r["recording"], r["t_start"]): r["hr_bpm"] for r in rows}
 
 
-def test_overlapping_windows_share_frame_features(demo_archive: Path, tmp_path: Path) -> None:
+def test_overlapping_windows_share_frame_features(
+    demo_archive: Path, default_run: str, tmp_path: Path
+) -> None:
     """--nbhrnet-hop-s 0.5: four windows per 2 s; those on the 2-s grid are the hop-2 run's."""
-    base = f"sqlite:///{tmp_path / 'a.sqlite'}"
+    base = default_run
     dense = f"sqlite:///{tmp_path / 'b.sqlite'}"
-    nbhr("run", demo_archive, "--db", base, "--estimator", "nbhrnet")
     nbhr("run", demo_archive, "--db", dense, "--estimator", "nbhrnet", "--nbhrnet-hop-s", "0.5")
     coarse, fine = _nbhrnet_windows(base), _nbhrnet_windows(dense)
     # Three 16-s recordings: 8 windows every 2 s, 29 every 0.5 s (the last starts at 14 s).

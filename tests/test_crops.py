@@ -47,3 +47,18 @@ def test_windows_skip_faceless_and_hold_one_window() -> None:
     assert out[2][1] is None  # frame 130 had no face
     half = list(windows_of(iter(crops), 30.0, n, hop=30))
     assert [k for k, _ in half] == list(range(5))
+
+
+def test_a_job_with_nbhrnet_alone_skips_the_colour_means(face_videos) -> None:
+    """The crops, face flags and frame count do not depend on whether the per-frame colour
+    means (for the classical estimators) are computed."""
+    from worker.process import extract_trace, init_process
+
+    init_process()
+    video = face_videos[0]
+    with_colour, without = [], []
+    a = extract_trace(video, 0, 45, "face", 30.0, crops=with_colour)
+    b = extract_trace(video, 0, 45, "face", 30.0, crops=without, colour=False)
+    assert np.isfinite(a.rgb).all() and np.isnan(b.rgb).all()
+    assert len(b.rgb) == len(a.rgb) == 45 and np.array_equal(a.face, b.face)
+    assert all(np.array_equal(x, y) for x, y in zip(with_colour, without, strict=True))

@@ -35,7 +35,31 @@ def export_onnx(model: NBHRNet, path: Path, frames: int = 60, companions: bool =
     model.eval()
     # Batch 2, not 1, so that nothing in the trace can specialise on a batch of one.
     dummy = torch.zeros(2, frames, 3, FRAME_SIZE, FRAME_SIZE)
-    batch = {0: "batch"}
+    props = {
+        "nbhr.model": "NBHRnet (Huang et al., EAAI 2021)",
+        "nbhr.input": (
+            f"frames: float32 (batch, {frames}, 3, {FRAME_SIZE}, {FRAME_SIZE}), RGB face crops,"
+            " z-scored per colour channel over the window"
+        ),
+        "nbhr.outputs": f"ppg: float32 (batch, {frames}); hr: float32 (batch,), bpm",
+    }
+    _export_graph(model, dummy, Path(path), "frames", ["ppg", "hr"], frames, props)
+    if companions:
+        _export_companions(model, Path(path), frames)
+
+
+def _export_graph(
+    module: nn.Module,
+    dummy: torch.Tensor,
+    path: Path,
+    input_name: str,
+    output_names: list[str],
+    frames: int | None,
+    props: dict[str, str],
+) -> None:
+    """Trace `module` on `dummy` into an ONNX file with a dynamic first axis on every input and
+    output; `frames` (if given) is declared as the first output's second axis, `props` are
+    written into the file's metadata_props."""
     with warnings.catch_warnings():
         # The exporter warns that LSTMs traced at batch != 1 may not run at other batch sizes;
         # that applies to explicit initial states. Ours are implicit and exported as zeros shaped
@@ -47,32 +71,21 @@ def export_onnx(model: NBHRNet, path: Path, frames: int = 60, companions: bool =
             "ignore", category=torch.jit.TracerWarning, module="torch.nn.modules.rnn"
         )
         torch.onnx.export(
-            model,
+            module,
             (dummy,),
             str(path),
-            input_names=["frames"],
-            output_names=["ppg", "hr"],
-            dynamic_axes={"frames": batch, "ppg": batch, "hr": batch},
+            input_names=[input_name],
+            output_names=output_names,
+            dynamic_axes={name: {0: "batch"} for name in [input_name, *output_names]},
             opset_version=OPSET,
             dynamo=False,
         )
     graph = onnx.load(str(path))
-    # The exporter cannot tell that the squeezed PPG keeps the frames axis; declare it.
-    graph.graph.output[0].type.tensor_type.shape.dim[1].dim_value = frames
-    onnx.helper.set_model_props(
-        graph,
-        {
-            "nbhr.model": "NBHRnet (Huang et al., EAAI 2021)",
-            "nbhr.input": (
-                f"frames: float32 (batch, {frames}, 3, {FRAME_SIZE}, {FRAME_SIZE}), RGB face crops,"
-                " z-scored per colour channel over the window"
-            ),
-            "nbhr.outputs": f"ppg: float32 (batch, {frames}); hr: float32 (batch,), bpm",
-        },
-    )
+    if frames is not None:
+        # The exporter cannot tell that the squeezed PPG keeps the frames axis; declare it.
+        graph.graph.output[0].type.tensor_type.shape.dim[1].dim_value = frames
+    onnx.helper.set_model_props(graph, props)
     onnx.save(graph, str(path))
-    if companions:
-        _export_companions(model, Path(path), frames)
 
 
 class _Head(nn.Module):
@@ -92,45 +105,11 @@ def _export_companions(model: NBHRNet, path: Path, frames: int) -> None:
     head: "features" float32 (batch, frames, 256) -> "ppg" (batch, frames), "hr" (batch,).
     The head applied to the encoder's features of a window's frames is the whole model.
     """
-    parent = hashlib.sha256(path.read_bytes()).hexdigest()
+    parent = {"nbhr.parent_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     encoder_path, head_path = companion_paths(path)
-    parts = (
-        (
-            model.encoder,
-            torch.zeros(2, 3, FRAME_SIZE, FRAME_SIZE),
-            encoder_path,
-            "frames",
-            ["features"],
-        ),
-        # eval(): the exporter restores the wrapper's mode afterwards, and a new module is in
-        # train mode, which would put the model's head back into training.
-        (
-            _Head(model).eval(),
-            torch.zeros(2, frames, FEATURES),
-            head_path,
-            "features",
-            ["ppg", "hr"],
-        ),
-    )
-    for module, dummy, out, input_name, output_names in parts:
-        axes = {name: {0: "batch"} for name in [input_name, *output_names]}
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size")
-            warnings.filterwarnings(
-                "ignore", category=torch.jit.TracerWarning, module="torch.nn.modules.rnn"
-            )
-            torch.onnx.export(
-                module,
-                (dummy,),
-                str(out),
-                input_names=[input_name],
-                output_names=output_names,
-                dynamic_axes=axes,
-                opset_version=OPSET,
-                dynamo=False,
-            )
-        graph = onnx.load(str(out))
-        if input_name == "features":
-            graph.graph.output[0].type.tensor_type.shape.dim[1].dim_value = frames
-        onnx.helper.set_model_props(graph, {"nbhr.parent_sha256": parent})
-        onnx.save(graph, str(out))
+    frame = torch.zeros(2, 3, FRAME_SIZE, FRAME_SIZE)
+    _export_graph(model.encoder, frame, encoder_path, "frames", ["features"], None, parent)
+    # eval(): the exporter restores the wrapper's mode afterwards, and a new module is in train
+    # mode, which would put the model's head back into training.
+    head, features = _Head(model).eval(), torch.zeros(2, frames, FEATURES)
+    _export_graph(head, features, head_path, "features", ["ppg", "hr"], frames, parent)

@@ -129,6 +129,9 @@ class Trace:
     first: int
 
 
+_NO_COLOUR = np.full(3, np.nan)
+
+
 def extract_trace(
     path: Path,
     start: int,
@@ -137,18 +140,23 @@ def extract_trace(
     fps: float,
     renew: Callable[[], None] | None = None,
     crops: list[np.ndarray | None] | None = None,
+    colour: bool = True,
 ) -> Trace:
     """Decode frames [start, stop) once and reduce each to its mean ROI colour.
 
     crops: when a list is given, each frame's 128x128 RGB crop for NBHRnet is appended to it
     (None where there is no face), from the same decode and the same boxes.
+    colour: False skips the per-frame colour means (Trace.rgb is NaN), for a job whose only
+    estimator is NBHRnet, which reads the crops alone.
     """
     rgb: list[np.ndarray] = []
     face: list[bool] = []
     last_renew = time.monotonic()
 
     def keep(frame: np.ndarray, box: Box | None, found: bool) -> None:
-        if roi == "face":
+        if not colour:
+            rgb.append(_NO_COLOUR)
+        elif roi == "face":
             rgb.append(skin_mean(frame, box) if box is not None else np.full(3, np.nan))
         else:
             rgb.append(region_mean(frame, box))
@@ -175,7 +183,7 @@ def extract_trace(
     rgb_arr = np.vstack(rgb)
     face_arr = np.asarray(face, dtype=bool)
     # A fixed region that produced NaNs (box outside the frame) has no usable pixels.
-    if roi != "face":
+    if roi != "face" and colour:
         face_arr &= np.isfinite(rgb_arr).all(axis=1)
     return Trace(rgb_arr, face_arr, start)
 
@@ -257,7 +265,9 @@ def _compute_windows(
             queries.renew_lease(s, seg.segment_id, worker, LEASE_S)
 
     crops: list[np.ndarray | None] | None = [] if NBHRNET in opts.estimators else None
-    trace = extract_trace(Path(seg.path), first, stop, opts.roi, seg.fps, renew, crops)
+    trace = extract_trace(
+        Path(seg.path), first, stop, opts.roi, seg.fps, renew, crops, colour=bool(classical)
+    )
     n_read = len(trace.rgb)
     note = None
     if first + n_read < stop:
