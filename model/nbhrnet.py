@@ -28,6 +28,9 @@ def companion_paths(path: Path) -> tuple[Path, Path]:
     return path.with_suffix(".encoder.onnx"), path.with_suffix(".head.onnx")
 
 
+# Per-frame CNN features the encoder half of an export outputs (model.nbhrnet companions).
+FEATURE_SIZE = 256
+
 # Below this standard deviation (in 0-255 levels) a colour channel is flat over the whole window:
 # it is mapped to zeros instead of dividing its sensor noise up to unit variance.
 MIN_CHANNEL_STD = 1e-3
@@ -147,7 +150,8 @@ class NBHRNetRunner:
         (encode_frames, run_head): the model's encoder and head halves are beside it."""
         return self._halves is not None
 
-    def _require_halves(self) -> tuple[Any, Any]:
+    def require_framewise(self) -> tuple[Any, Any]:
+        """The encoder and head sessions; ValueError (readable) when the model has none."""
         if self._halves is None:
             names = ", ".join(p.name for p in companion_paths(self.path))
             raise ValueError(
@@ -160,18 +164,18 @@ class NBHRNetRunner:
         """CNN features of each frame: float32 (n, 3, H, W), normalised (normalise_window or
         normalise_blocks) -> float32 (n, 256). batch_size frames per call bound the memory
         (about 4 MB of activations a frame). Raises ValueError without companions."""
-        encoder, _ = self._require_halves()
+        encoder, _ = self.require_framewise()
         x = np.asarray(frames, dtype=np.float32)
         parts = [
             encoder.run(["features"], {"frames": np.ascontiguousarray(x[i : i + batch_size])})[0]
             for i in range(0, len(x), batch_size)
         ]
-        return np.concatenate(parts) if parts else np.zeros((0, 256), np.float32)
+        return np.concatenate(parts) if parts else np.zeros((0, FEATURE_SIZE), np.float32)
 
     def run_head(self, features: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """Heart rate and PPG of windows of frame features: float32 (N, T, 256) ->
         (hr_bpm (N,), ppg (N, T)), as predict gives for the same windows' frames."""
-        _, head = self._require_halves()
+        _, head = self.require_framewise()
         x = np.asarray(features, dtype=np.float32)
         return _hr_and_ppg(head, "features", x, batch_size, x.shape[1] if x.ndim == 3 else 0)
 

@@ -163,8 +163,9 @@ def _options_from_cli(
     from model.classical import ESTIMATORS
     from model.nbhrnet import NBHRNetRunner
     from worker.faces import Box
-    from worker.options import CLASSICAL, NBHRNET, ProcessingOptions
+    from worker.options import CLASSICAL, NBHRNET, NBHRNET_WINDOW_S, ProcessingOptions
 
+    runner = NBHRNetRunner(model) if model else None
     try:
         band = Band.parse(hr_range) if hr_range else Band.for_population(population)
         if roi not in ("face", "full"):
@@ -185,15 +186,12 @@ def _options_from_cli(
             hop_s=hop_s,
             segment_s=segment_s,
             model_path=str(model.resolve()) if model else None,
-            model_sha256=NBHRNetRunner(model).sha256 if model else None,
+            model_sha256=runner.sha256 if runner else None,
             nbhrnet_hop_s=nbhrnet_hop_s,
         )
-        if nbhrnet_hop_s != 2.0 and model and not NBHRNetRunner(model).framewise:
-            raise ValueError(
-                f"--nbhrnet-hop-s {nbhrnet_hop_s:g} needs the model's encoder/head companions"
-                f" next to {model.name}: export it again with `nbhr export-onnx`"
-            )
         opts.validate()
+        if runner is not None and nbhrnet_hop_s != NBHRNET_WINDOW_S:
+            runner.require_framewise()  # windows between 2-s grid points need the halves
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     return opts

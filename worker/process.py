@@ -25,7 +25,7 @@ from db import queries
 from db.engine import session_scope
 from db.models import SegmentState
 from model.classical import make_estimator
-from model.nbhrnet import NBHRNetRunner, normalise_window, stitched_ppg_hr
+from model.nbhrnet import FEATURE_SIZE, NBHRNetRunner, normalise_window, stitched_ppg_hr
 from model.reference import ppg_target, reference_hr
 from model.spectrum import spectral_hr
 from worker.crops import (
@@ -47,7 +47,6 @@ LEASE_S = float(os.environ.get("NBHR_LEASE_S", "120"))
 # instead of taking down one more worker (NBHR_MAX_ATTEMPTS overrides).
 MAX_ATTEMPTS = int(os.environ.get("NBHR_MAX_ATTEMPTS", "3"))
 NBHRNET_BATCH = 2
-FEATURE_SIZE = 256  # NBHRnet's per-frame CNN features
 RENEW_EVERY_S = min(30.0, LEASE_S / 4)
 # A window counts as having a face when the face was tracked in at least this share of frames.
 MIN_FACE_FRACTION = 0.8
@@ -333,15 +332,11 @@ def _nbhrnet_rows(
     segment's end, to cover the last span."""
     runner = nbhrnet_runner(opts.model_path, opts.model_sha256)
     hop = round(opts.nbhrnet_hop_s * MODEL_FPS)
-    if runner.framewise:
+    if runner.framewise or hop != WINDOW_FRAMES:
+        runner.require_framewise()  # overlapping windows need the halves: a readable failure
         windows = _framewise_windows(runner, crops, seg.fps, hop)
-    elif hop == WINDOW_FRAMES:
-        windows = _whole_windows(runner, crops, seg.fps)
     else:
-        raise ValueError(
-            f"--nbhrnet-hop-s {opts.nbhrnet_hop_s:g} needs the model's encoder/head companions"
-            f" next to {Path(opts.model_path or '').name}; export it again with nbhr export-onnx"
-        )
+        windows = _whole_windows(runner, crops, seg.fps)
     chunks: list[tuple[float, np.ndarray | None]] = []  # (start s, PPG or None without a face)
     rows = []
     for first, value, wave in windows:
