@@ -28,8 +28,22 @@ def companion_paths(path: Path) -> tuple[Path, Path]:
     return path.with_suffix(".encoder.onnx"), path.with_suffix(".head.onnx")
 
 
+def int8_encoder_path(path: Path) -> Path:
+    """Where an exported model's int8 encoder lives: X.onnx -> X.encoder.int8.onnx
+    (training.quantize writes it)."""
+    return Path(path).with_suffix(".encoder.int8.onnx")
+
+
+# Precisions of the per-frame encoder a runner can use: "fp32" is the exported encoder, "int8"
+# its static quantisation (training.quantize).
+PRECISIONS = ("fp32", "int8")
+
+
 # Per-frame CNN features the encoder half of an export outputs (model.nbhrnet companions).
 FEATURE_SIZE = 256
+# FLOPs (2 x multiply-adds) of the encoder's convolutions per 128x128 frame: what
+# training.nbhrnet.conv_flops_per_frame counts (a test keeps the two equal), here without torch.
+CONV_FLOPS_PER_FRAME = 481_296_384
 
 # Below this standard deviation (in 0-255 levels) a colour channel is flat over the whole window:
 # it is mapped to zeros instead of dividing its sensor noise up to unit variance.
@@ -96,13 +110,18 @@ class NBHRNetRunner:
 
     path: the .onnx file.
     threads: intra-op threads of the session (one worker process per core wants 1).
+    precision: "fp32" or "int8": which encoder encode_frames runs; int8 needs the int8
+        companion (int8_encoder_path) made from this very file.
     The session is created on first use, not here, so that a runner can be built before a worker
     process forks and each process then opens its own. One runner per process; not thread-safe.
     """
 
-    def __init__(self, path: Path, threads: int = 1) -> None:
+    def __init__(self, path: Path, threads: int = 1, precision: str = "fp32") -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         self.path = Path(path)
         self.threads = threads
+        self.precision = precision
         self._session: Any = None
 
     @cached_property
@@ -144,6 +163,31 @@ class NBHRNetRunner:
                 return None
         return sessions
 
+    @cached_property
+    def _int8(self) -> tuple[Any, str] | None:
+        """(session, SHA-256) of the int8 encoder made from this model, or None when there is
+        none (missing, or quantised from another model: its nbhr.parent_sha256 differs)."""
+        path = int8_encoder_path(self.path)
+        if not path.is_file():
+            return None
+        session = self._open(path)
+        if session.get_modelmeta().custom_metadata_map.get("nbhr.parent_sha256") != self.sha256:
+            return None
+        return session, hashlib.sha256(path.read_bytes()).hexdigest()
+
+    @property
+    def int8_sha256(self) -> str | None:
+        """SHA-256 of this model's int8 encoder (int8_encoder_path), None when it has none."""
+        return None if self._int8 is None else self._int8[1]
+
+    def _int8_encoder(self) -> Any:
+        if self._int8 is None:
+            raise ValueError(
+                f"{self.path.name} has no int8 encoder ({int8_encoder_path(self.path).name}) "
+                "made from it: run `nbhr quantize` on it"
+            )
+        return self._int8[0]
+
     @property
     def framewise(self) -> bool:
         """Whether frames can be encoded once and windows cut from their features at any hop
@@ -160,11 +204,17 @@ class NBHRNetRunner:
             )
         return self._halves
 
-    def encode_frames(self, frames: np.ndarray, batch_size: int = 30) -> np.ndarray:
+    def encode_frames(self, frames: np.ndarray, batch_size: int = 4) -> np.ndarray:
         """CNN features of each frame: float32 (n, 3, H, W), normalised (normalise_window or
-        normalise_blocks) -> float32 (n, 256). batch_size frames per call bound the memory
-        (about 4 MB of activations a frame). Raises ValueError without companions."""
+        normalise_blocks) -> float32 (n, 256). batch_size frames per call bound the memory:
+        onnxruntime keeps the largest batch's activations, about 9 MB a frame at fp32 and 11 MB
+        at int8 (measured peak RSS of a process that encodes: 193 MB at batch 4, 409 MB at 30,
+        fp32), while larger batches run no faster on the CPU. The runner's precision picks the
+        fp32 encoder or its int8 quantisation. Raises ValueError without the companions that
+        needs."""
         encoder, _ = self.require_framewise()
+        if self.precision == "int8":
+            encoder = self._int8_encoder()
         x = np.asarray(frames, dtype=np.float32)
         parts = [
             encoder.run(["features"], {"frames": np.ascontiguousarray(x[i : i + batch_size])})[0]

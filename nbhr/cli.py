@@ -21,6 +21,7 @@ from sqlalchemy.exc import OperationalError
 from db.engine import DatabaseError, check_connection, default_url, make_engine, session_scope
 from db.migrate import upgrade
 from training.cli import export_onnx as export_onnx_command
+from training.cli import quantize as quantize_command
 from training.cli import train as train_command
 
 DB_OPTION = click.option(
@@ -158,6 +159,8 @@ def _options_from_cli(
     segment_s: float,
     model: Path | None = None,
     nbhrnet_hop_s: float = 2.0,
+    nbhrnet_precision: str = "fp32",
+    decode: str = "full",
 ):
     from model.bands import Band
     from model.classical import ESTIMATORS
@@ -188,6 +191,8 @@ def _options_from_cli(
             model_path=str(model.resolve()) if model else None,
             model_sha256=runner.sha256 if runner else None,
             nbhrnet_hop_s=nbhrnet_hop_s,
+            **_precision_options(runner, nbhrnet_precision),
+            decode_min_width=_decode_min_width(decode, estimators, roi),
         )
         opts.validate()
         if runner is not None and nbhrnet_hop_s != NBHRNET_WINDOW_S:
@@ -195,6 +200,36 @@ def _options_from_cli(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     return opts
+
+
+def _decode_min_width(decode: str, estimators: tuple[str, ...], roi: str) -> int | None:
+    """--decode reduced: MJPEG decoded at the face detector's working width (320 px) or wider,
+    where it changes nothing but cost: classical estimators only (NBHRnet's 128-px face crops
+    want every pixel) on --roi face or full (a fixed box is given in full-size pixels)."""
+    from worker.faces import DETECT_WIDTH
+    from worker.options import NBHRNET
+
+    if decode == "full" or NBHRNET in estimators or roi not in ("face", "full"):
+        return None
+    return DETECT_WIDTH
+
+
+def _precision_options(runner: Any, precision: str) -> dict[str, Any]:
+    """ProcessingOptions fields for NBHRnet's encoder precision: "auto" takes int8 when the model
+    has an int8 encoder made from it (and its encoder/head halves), else fp32."""
+    if runner is None:
+        return {}
+    if precision == "auto":
+        precision = "int8" if runner.framewise and runner.int8_sha256 else "fp32"
+    if precision == "fp32":
+        return {}
+    runner.require_framewise()
+    if runner.int8_sha256 is None:
+        raise ValueError(
+            f"--nbhrnet-precision int8: {runner.path.name} has no int8 encoder made from it; "
+            "make one with `nbhr quantize`"
+        )
+    return {"nbhrnet_precision": "int8", "model_int8_sha256": runner.int8_sha256}
 
 
 # Options shared by `run` and `enqueue`: what to process and how (the job's options).
@@ -261,6 +296,24 @@ _PLAN_OPTIONS = [
         type=float,
         help="Step between NBHRnet's 2-s windows (2, 1, 0.5, ...): each frame's CNN features"
         " are computed once, so overlapping windows cost only the small recurrent head.",
+    ),
+    click.option(
+        "--nbhrnet-precision",
+        type=click.Choice(["auto", "fp32", "int8"]),
+        default="auto",
+        show_default=True,
+        help="NBHRnet's per-frame encoder: int8 (static quantisation, about 1.6x faster; "
+        "model/MODEL_CARD.md gives its accuracy) or fp32. auto: int8 when the model has an int8 "
+        "encoder (`nbhr quantize`), else fp32. The two are separate model versions in results.",
+    ),
+    click.option(
+        "--decode",
+        type=click.Choice(["reduced", "full"]),
+        default="reduced",
+        show_default=True,
+        help="reduced: MJPEG frames are decoded straight to 1/2, 1/4 or 1/8 size (no narrower "
+        "than the face detector's 320 px) for the classical estimators on --roi face or full; "
+        "NBHRnet and fixed boxes always get full-size frames.",
     ),
     click.option(
         "--model",
@@ -418,6 +471,8 @@ def register_and_plan(
     segment_s: float,
     model: str | None,
     nbhrnet_hop_s: float,
+    nbhrnet_precision: str,
+    decode: str,
     retry_failed: bool,
 ) -> tuple[Engine, Any, Any]:
     """What `run` and `enqueue` share: check the options, register every video under
@@ -434,7 +489,17 @@ def register_and_plan(
     else:
         model_file = None
     opts = _options_from_cli(
-        estimators, roi, population, hr_range, window_s, hop_s, segment_s, model_file, nbhrnet_hop_s
+        estimators,
+        roi,
+        population,
+        hr_range,
+        window_s,
+        hop_s,
+        segment_s,
+        model_file,
+        nbhrnet_hop_s,
+        nbhrnet_precision,
+        decode,
     )
     try:
         manifest = manifest or (directory / "manifest.csv")
@@ -451,9 +516,10 @@ def register_and_plan(
 
 def _bundled_model(db_url: str) -> Path:
     """The NBHRnet that ships with nbhr (model/data/nbhrnet.onnx), registered on first use as
-    nbhrnet:1 with its card's metrics, so that its windows carry a name in `nbhr models list`
-    and `nbhr evaluate --model nbhrnet:1`. A database that already holds the file, or another
-    model under that name and version, is left as it is."""
+    nbhrnet:1 with its card's metrics, and its int8 encoder as nbhrnet:1-int8, so that their
+    windows carry a name in `nbhr models list` and `nbhr evaluate --model nbhrnet:1`. A
+    database that already holds a file, or another model under that name and version, is left
+    as it is."""
     from db import queries
     from model.nbhrnet import (
         BUNDLED_CARD,
@@ -461,23 +527,24 @@ def _bundled_model(db_url: str) -> Path:
         BUNDLED_NAME,
         BUNDLED_VERSION,
         NBHRNetRunner,
+        int8_encoder_path,
     )
 
     runner = NBHRNetRunner(BUNDLED_MODEL)
-    ref = f"{BUNDLED_NAME}:{BUNDLED_VERSION}"
+    card = json.loads(BUNDLED_CARD.read_text())
+    versions = [(BUNDLED_VERSION, BUNDLED_MODEL, runner.sha256, card["metrics"])]
+    if runner.int8_sha256 is not None:
+        int8 = (int8_encoder_path(BUNDLED_MODEL), runner.int8_sha256, card.get("int8", {}))
+        versions.append((f"{BUNDLED_VERSION}-int8", *int8))
     with session_scope(open_db(db_url)) as s:
-        if queries.model_by_sha(s, runner.sha256) is None and queries.model_by_ref(s, ref) is None:
-            card = json.loads(BUNDLED_CARD.read_text())
-            queries.register_model(
-                s,
-                BUNDLED_NAME,
-                BUNDLED_VERSION,
-                str(BUNDLED_MODEL.resolve()),
-                runner.sha256,
-                runner.describe(),
-                card["trained_on"],
-                card["metrics"],
-            )
+        for version, path, sha, metrics in versions:
+            ref = f"{BUNDLED_NAME}:{version}"
+            if queries.model_by_sha(s, sha) is None and queries.model_by_ref(s, ref) is None:
+                spec = runner.describe()  # opens the whole graph: only when registering
+                where = str(path.resolve())
+                queries.register_model(
+                    s, BUNDLED_NAME, version, where, sha, spec, card["trained_on"], metrics
+                )
     return BUNDLED_MODEL
 
 
@@ -492,6 +559,12 @@ def _model_file(db_url: str, ref: str) -> Path:
         path = Path(model.path) if model is not None else None
     if path is None:
         raise click.UsageError(f"--model {ref!r} is neither a file nor a registered name:version")
+    if path.name.endswith(".encoder.int8.onnx"):
+        parent = path.name.removesuffix(".encoder.int8.onnx") + ".onnx"
+        raise click.UsageError(
+            f"model {ref} is the int8 encoder of {parent}: run that model with "
+            "--nbhrnet-precision int8"
+        )
     if not path.is_file():
         raise click.UsageError(f"model {ref} is registered at {path}, which no longer exists")
     return path
@@ -1060,6 +1133,7 @@ def db_upgrade(db_url: str) -> None:
 
 main.add_command(train_command)
 main.add_command(export_onnx_command)
+main.add_command(quantize_command)
 
 
 # --- bench ---------------------------------------------------------------------------------
@@ -1104,6 +1178,12 @@ def bench(directory: Path | None, workers: int, model: Path | None, as_json: boo
         f"end to end    {one['video_s_per_cpu_s']:.1f} video s per CPU s (1 process); "
         f"{pool['video_s_per_wall_s']:.1f} video s per wall s on {pool['workers']} processes"
     )
+    pos = result["pos_per_core"]
+    click.echo(
+        f"pos per core  {pos['full_decode']['video_s_per_cpu_s']:.1f} video s per CPU s decoding "
+        f"full-size frames, {pos['reduced_decode']['video_s_per_cpu_s']:.1f} reduced "
+        f"({pos['speedup']:.2f}x)"
+    )
     net = result.get("nbhrnet")
     if net:
         for key in ("threads1_batch1", "threads1_batch8", "threads2_batch1", "threads2_batch8"):
@@ -1120,3 +1200,18 @@ def bench(directory: Path | None, workers: int, model: Path | None, as_json: boo
             f"({e2e['pool_speedup']:.2f}x), {wide['video_s_per_wall_s']:.2f} on 1 x "
             f"{wide['threads']}"
         )
+        precision = net.get("precision", {})
+        for key in ("whole_graph_fp32", "encoder_fp32_and_head", "encoder_int8_and_head"):
+            if key in precision:
+                t = precision[key]
+                click.echo(
+                    f"nbhrnet {key:<22} {t['cpu_s_per_window']:.3f} CPU s per window "
+                    f"({t['speedup_vs_whole_graph_fp32']:.2f}x), convolutions at "
+                    f"{t['conv_g_per_s']:.0f} G/s"
+                )
+        peak = precision.get("core_peak_g_per_s", {})
+        if peak.get("fp32"):
+            click.echo(
+                f"core peak     {peak['fp32']:.0f} GFLOP/s fp32, {peak['int8']:.0f} GOP/s int8 "
+                "(onnxruntime matrix products, 1 thread)"
+            )

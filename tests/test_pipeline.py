@@ -87,3 +87,28 @@ def test_run_status_results_evaluate_rerun_and_add(
     added = nbhr_json("run", archive, "--db", db_url, "--json")
     assert added["new"] == 1 and added["segments_run"] == 1
     assert _counts(db_url)[0] == before[0] + 4 * N_EST
+
+
+def test_reduced_decoding_costs_less_and_changes_little(demo_archive: Path, tmp_path: Path) -> None:
+    """`--decode reduced` (the default) reads the demo's 640x480 MJPEG at 320x240 straight from
+    the JPEG decoder; the face is found in the same windows and POS reads the same rates."""
+    runs = {}
+    for decode in ("reduced", "full"):
+        url = f"sqlite:///{tmp_path / f'{decode}.sqlite'}"
+        nbhr("run", demo_archive, "--db", url, "--estimator", "pos", "--decode", decode)
+        rows = nbhr_json("results", "--db", url, "--format", "json")
+        runs[decode] = {(r["recording"], r["t_start"]): r for r in rows}
+        with session_scope(make_engine(url)) as s:
+            options = s.scalars(select(Job.options)).one()
+        assert options["decode_min_width"] == (320 if decode == "reduced" else None)
+    reduced, full = runs["reduced"], runs["full"]
+    assert reduced.keys() == full.keys() and len(full) == 3 * 4
+    for key, row in full.items():
+        assert reduced[key]["face_found"] == row["face_found"]
+        if row["hr_bpm"] is not None:
+            assert abs(reduced[key]["hr_bpm"] - row["hr_bpm"]) < 1.0
+    # NBHRnet's face crops and a fixed box keep full-size frames, so the option does not apply.
+    url = f"sqlite:///{tmp_path / 'box.sqlite'}"
+    nbhr("run", demo_archive, "--db", url, "--estimator", "pos", "--roi", "10,10,100,100")
+    with session_scope(make_engine(url)) as s:
+        assert s.scalars(select(Job.options)).one()["decode_min_width"] is None

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
-from worker.video import VideoError, iter_frames, probe
+from worker.video import VideoError, iter_frames, jpeg_scale, probe
 
 
 def test_probe_real_mpeg4_clip(shared_data: Path) -> None:
@@ -44,3 +45,37 @@ def test_empty_file(tmp_path: Path) -> None:
     empty.write_bytes(b"")
     with pytest.raises(VideoError, match="empty file"):
         probe(empty)
+
+
+def test_jpeg_scale_keeps_frames_at_least_as_wide_as_asked() -> None:
+    assert jpeg_scale("MJPG", 640, 320) == 2
+    assert jpeg_scale("MJPG", 1920, 320) == 4
+    assert jpeg_scale("mjpg", 2560, 320) == 8
+    assert jpeg_scale("MJPG", 600, 320) == 1  # half would be narrower than asked
+    assert jpeg_scale("FMP4", 1920, 320) == 1  # MPEG-4 cannot decode at a reduced size
+    assert jpeg_scale("MJPG", 1920, None) == 1
+
+
+def test_reduced_mjpeg_decoding_is_a_downscaled_frame_and_seeks_exactly(
+    face_videos: list[Path], shared_data: Path
+) -> None:
+    path = face_videos[0]
+    info = probe(path)
+    assert (info.codec.upper(), info.width) == ("MJPG", 640)
+    full = [f for _, f in iter_frames(path, 0, 40)]
+    small = [f for _, f in iter_frames(path, 0, 40, min_width=320)]
+    assert len(small) == 40 and small[0].shape == (240, 320, 3)
+    for a, b in zip(full, small, strict=True):
+        area = cv2.resize(a, (320, 240), interpolation=cv2.INTER_AREA)
+        # The JPEG decoder's own 1/2 scaling: the same picture within a grey level or two.
+        assert np.abs(area.astype(int) - b).mean() < 2.0
+    # Not a cheap copy of the first frame: the video moves.
+    assert not np.array_equal(small[0], small[-1])
+    through = [f for _, f in iter_frames(path, 0, info.n_frames, min_width=320)]
+    for start in (1, 137, info.n_frames - 5):
+        seeked = list(iter_frames(path, start, start + 5, min_width=320))
+        assert [i for i, _ in seeked] == list(range(start, start + 5))
+        assert all(np.array_equal(f, through[i]) for i, f in seeked)
+    # Another codec comes at full size whatever is asked.
+    clip = shared_data / "bias_eval" / "India_video37_forehead.avi"
+    assert next(iter_frames(clip, 0, 1, min_width=100))[1].shape == (200, 200, 3)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from model.bands import Band
+from model.nbhrnet import PRECISIONS
 
 CLASSICAL = ("pos", "chrom", "green", "pbvn")
 NBHRNET = "nbhrnet"
@@ -46,11 +47,21 @@ class ProcessingOptions:
     # Step between NBHRnet's 2-s windows, seconds: 2 s tiles the video; 0.5 s gives four
     # overlapping windows per 2 s from the same per-frame CNN features.
     nbhrnet_hop_s: float = NBHRNET_WINDOW_S
+    # Precision of NBHRnet's per-frame encoder: "fp32" (the exported graph) or "int8" (its static
+    # quantisation, training.quantize), and then the SHA-256 of that int8 file.
+    nbhrnet_precision: str = "fp32"
+    model_int8_sha256: str | None = None
+    # Decode MJPEG frames straight to a reduced size at least this wide (worker.video.jpeg_scale)
+    # for the classical estimators; None decodes at full size.
+    decode_min_width: int | None = None
 
     @property
     def model_key(self) -> str:
-        """How windows name the model that made them: the first 16 hex digits of its SHA-256."""
-        return (self.model_sha256 or "")[:16]
+        """How windows name the model that made them: the first 16 hex digits of its SHA-256,
+        or of its int8 encoder's at int8 precision (an int8 model is a model version of its own:
+        its estimates differ a little from the fp32 model's)."""
+        sha = self.model_int8_sha256 if self.nbhrnet_precision == "int8" else self.model_sha256
+        return (sha or "")[:16]
 
     @property
     def plan_window_s(self) -> float:
@@ -81,6 +92,10 @@ class ProcessingOptions:
         if self.nbhrnet_hop_s == NBHRNET_WINDOW_S:
             # Jobs planned before the option existed keep their key (and their finished work).
             del data["nbhrnet_hop_s"]
+        if self.nbhrnet_precision == "fp32":
+            del data["nbhrnet_precision"], data["model_int8_sha256"]
+        if self.decode_min_width is None:
+            del data["decode_min_width"]
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -92,12 +107,26 @@ class ProcessingOptions:
             raise ValueError("estimator nbhrnet needs a model file (model_path)")
         if self.model_path and NBHRNET not in self.estimators:
             raise ValueError("--model is only used by --estimator nbhrnet")
+        if self.nbhrnet_precision not in PRECISIONS:
+            raise ValueError(
+                f"NBHRnet precision must be one of {', '.join(PRECISIONS)}, "
+                f"not {self.nbhrnet_precision!r}"
+            )
+        if self.nbhrnet_precision == "int8" and not self.model_int8_sha256:
+            raise ValueError("int8 precision needs the model's int8 encoder (model_int8_sha256)")
         frames = self.nbhrnet_hop_s * NBHRNET_FPS
         step = round(frames)
         if abs(frames - step) > 1e-6 or step < 1 or round(NBHRNET_WINDOW_S * NBHRNET_FPS) % step:
             raise ValueError(
                 f"--nbhrnet-hop-s {self.nbhrnet_hop_s:g} must divide {NBHRNET_WINDOW_S:g} s into "
                 f"whole frames at {NBHRNET_FPS:g} fps (e.g. 2, 1, 0.5, 0.2)"
+            )
+        if self.decode_min_width is not None and (
+            NBHRNET in self.estimators or self.roi not in ("face", "full")
+        ):
+            raise ValueError(
+                "reduced-size decoding is for the classical estimators on --roi face or full "
+                "(NBHRnet's crops and a fixed box need full-size frames)"
             )
         if self.window_s <= 0 or self.hop_s <= 0 or self.segment_s <= 0:
             raise ValueError("--window-s, --hop-s and --segment-s must be positive")

@@ -85,11 +85,17 @@ def face_detector() -> FaceDetector:
 
 
 @lru_cache(maxsize=4)
-def nbhrnet_runner(path: str, sha256: str) -> NBHRNetRunner:
-    """One onnxruntime model per file and process, opened on first use."""
-    runner = NBHRNetRunner(Path(path), threads=_MODEL_THREADS)
+def nbhrnet_runner(
+    path: str, sha256: str, precision: str = "fp32", int8_sha256: str | None = None
+) -> NBHRNetRunner:
+    """One onnxruntime model per file, precision and process, opened on first use."""
+    runner = NBHRNetRunner(Path(path), threads=_MODEL_THREADS, precision=precision)
     if runner.sha256 != sha256:
         raise ValueError(f"model file {path} changed since the job was planned (SHA-256 differs)")
+    if precision == "int8" and runner.int8_sha256 != int8_sha256:
+        raise ValueError(
+            f"the int8 encoder of {path} changed since the job was planned (SHA-256 differs)"
+        )
     return runner
 
 
@@ -140,6 +146,7 @@ def extract_trace(
     renew: Callable[[], None] | None = None,
     crops: list[np.ndarray | None] | None = None,
     colour: bool = True,
+    min_width: int | None = None,
 ) -> Trace:
     """Decode frames [start, stop) once and reduce each to its mean ROI colour.
 
@@ -147,6 +154,8 @@ def extract_trace(
     (None where there is no face), from the same decode and the same boxes.
     colour: False skips the per-frame colour means (Trace.rgb is NaN), for a job whose only
     estimator is NBHRnet, which reads the crops alone.
+    min_width: decode MJPEG at a reduced size no narrower than this (worker.video.iter_frames);
+    only for --roi face or full, whose results do not depend on the frame's pixel size.
     """
     rgb: list[np.ndarray] = []
     face: list[bool] = []
@@ -165,7 +174,7 @@ def extract_trace(
 
     fixed = None if roi in ("face", "full") else Box.parse(roi)
     tracker = FaceTracker(face_detector(), fps) if roi == "face" else None
-    for index, frame in iter_frames(path, start, stop):
+    for index, frame in iter_frames(path, start, stop, min_width):
         if tracker is None:
             keep(frame, fixed, True)
         else:
@@ -265,7 +274,15 @@ def _compute_windows(
 
     crops: list[np.ndarray | None] | None = [] if NBHRNET in opts.estimators else None
     trace = extract_trace(
-        Path(seg.path), first, stop, opts.roi, seg.fps, renew, crops, colour=bool(classical)
+        Path(seg.path),
+        first,
+        stop,
+        opts.roi,
+        seg.fps,
+        renew,
+        crops,
+        colour=bool(classical),
+        min_width=opts.decode_min_width,
     )
     n_read = len(trace.rgb)
     note = None
@@ -330,7 +347,9 @@ def _nbhrnet_rows(
     output stitched over the span (`model.nbhrnet.stitched_ppg_hr`, from the windows on the
     2-s grid). `crops` start at `crops_start_s` (the segment's start) and may run past the
     segment's end, to cover the last span."""
-    runner = nbhrnet_runner(opts.model_path, opts.model_sha256)
+    runner = nbhrnet_runner(
+        opts.model_path, opts.model_sha256, opts.nbhrnet_precision, opts.model_int8_sha256
+    )
     hop = round(opts.nbhrnet_hop_s * MODEL_FPS)
     if runner.framewise or hop != WINDOW_FRAMES:
         runner.require_framewise()  # overlapping windows need the halves: a readable failure

@@ -115,15 +115,40 @@ def probe(path: Path) -> VideoInfo:
         cap.release()
 
 
-def iter_frames(path: Path, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
+# JPEG decoders can scale by 1/2, 1/4 or 1/8 while decoding (they drop high DCT frequencies
+# instead of computing them and filtering them away): cheaper than decoding and resizing.
+JPEG_SCALES = (8, 4, 2)
+_JPEG_REDUCED = {
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+
+
+def jpeg_scale(codec: str, width: int, min_width: int | None) -> int:
+    """The divisor at which iter_frames decodes a video: the largest of JPEG_SCALES that keeps
+    frames at least `min_width` pixels wide, for MJPEG only (other codecs cannot decode at a
+    reduced size); 1 when min_width is None."""
+    if min_width is None or codec.strip().upper() not in ("MJPG", "MJPEG", "JPEG", "AVRN"):
+        return 1
+    return next((k for k in JPEG_SCALES if width // k >= min_width), 1)
+
+
+def iter_frames(
+    path: Path, start: int, stop: int, min_width: int | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (frame_index, frame) for frame indices in [start, stop).
 
     frame: uint8 array (H, W, 3), BGR as OpenCV decodes it (callers convert what they need,
     so that no full-frame colour conversion is paid for frames that are only averaged).
+    min_width: when given, MJPEG frames are decoded straight to a reduced size (jpeg_scale) no
+    narrower than this; callers then work in those frames' pixels. Other codecs, and MJPEG
+    without it, come at full size.
     Stops early, without error, where the file ends before `stop` (truncated video).
     """
     cap = open_capture(path)
     try:
+        scale = jpeg_scale(_fourcc(cap), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), min_width)
         if start > 0:
             cap.set(cv2.CAP_PROP_POS_FRAMES, start)
             pos = int(cap.get(cv2.CAP_PROP_POS_FRAMES))
@@ -133,10 +158,18 @@ def iter_frames(path: Path, start: int, stop: int) -> Iterator[tuple[int, np.nda
                 for _ in range(start):
                     if not cap.grab():
                         return
+        # The compressed packets themselves (each a whole JPEG), decoded here at 1/scale.
+        if scale > 1 and not cap.set(cv2.CAP_PROP_FORMAT, -1):
+            scale = 1
         for index in range(start, stop):
             ok, frame = cap.read()
             if not ok or frame is None:
                 return
+            if scale > 1:
+                packet = frame
+                frame = cv2.imdecode(packet.reshape(-1), _JPEG_REDUCED[scale])
+                if frame is None:
+                    return  # a packet that is not a JPEG: the stream ends here, as on a bad read
             yield index, frame
     finally:
         cap.release()
