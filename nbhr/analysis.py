@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -18,13 +18,44 @@ from db import queries
 from db.queries import WindowRow
 from model.aggregate import aggregate_hr
 from model.metrics import agreement
+from model.rhythm import NEONATAL_BRADY_BPM, NEONATAL_TACHY_BPM, episodes
 
 LEVELS = ("window", "recording", "subject")
 
 
-def _valid(w: WindowRow) -> bool:
-    """A usable estimate: an HR exists and the face (when tracked) was found."""
-    return w.hr_bpm is not None and w.face_found is not False
+@dataclass(frozen=True)
+class WindowFilter:
+    """Which windows count, and which of them are usable estimates.
+
+    min_quality: dB (the window's SNR); a window below it, or without one, is not a usable
+        estimate: it stays in the denominator and lowers coverage, like a window without a face.
+    face_only: windows where the tracked face was lost are left out altogether (they no longer
+        lower coverage). Windows of a fixed region (--roi full or a box) have no face flag and
+        are kept.
+    """
+
+    min_quality: float | None = None
+    face_only: bool = False
+
+    def counts(self, w: WindowRow) -> bool:
+        return not (self.face_only and w.face_found is False)
+
+    def usable(self, w: WindowRow) -> bool:
+        if w.hr_bpm is None or w.face_found is False:
+            return False
+        return self.min_quality is None or (w.quality is not None and w.quality >= self.min_quality)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"min_quality": self.min_quality, "face_only": self.face_only}
+
+
+NO_FILTER = WindowFilter()
+
+
+def _valid(w: WindowRow, filt: WindowFilter = NO_FILTER) -> bool:
+    """A usable estimate: an HR exists, the face (when tracked) was found, and it passes
+    `filt`'s quality floor."""
+    return filt.usable(w)
 
 
 def _clean(x: float | None) -> float | None:
@@ -35,14 +66,14 @@ def _median(values: list[float]) -> float | None:
     return float(np.median(values)) if values else None
 
 
-def _summarise(rows: list[WindowRow]) -> dict[str, Any]:
+def _summarise(rows: list[WindowRow], filt: WindowFilter = NO_FILTER) -> dict[str, Any]:
     """HR summary of one recording's windows (one estimator).
 
     hr_bpm is the robust aggregate (quality-weighted median) of the usable windows and
     ref_hr_bpm the median reference over those same windows, so the two compare like with
     like; with no usable window, the reference is the median over all windows.
     """
-    valid = [w for w in rows if _valid(w)]
+    valid = [w for w in rows if _valid(w, filt)]
     hr = np.array([w.hr_bpm for w in valid], dtype=float)
     q = np.array([w.quality if w.quality is not None else np.nan for w in valid], dtype=float)
     paired = [w.ref_hr_bpm for w in valid if w.ref_hr_bpm is not None]
@@ -60,17 +91,17 @@ def _summarise(rows: list[WindowRow]) -> dict[str, Any]:
     }
 
 
-def _summarise_subject(rows: list[WindowRow]) -> dict[str, Any]:
+def _summarise_subject(rows: list[WindowRow], filt: WindowFilter = NO_FILTER) -> dict[str, Any]:
     """HR summary of one subject (one estimator): the mean over its recordings' aggregates,
     against the mean of the same recordings' references (recordings without an estimate
     count toward coverage only)."""
     by_rec: dict[int, list[WindowRow]] = defaultdict(list)
     for w in rows:
         by_rec[w.recording_id].append(w)
-    recs = [_summarise(r) for r in by_rec.values()]
+    recs = [_summarise(r, filt) for r in by_rec.values()]
     est = [r for r in recs if r["hr_bpm"] is not None]
     refs = [r["ref_hr_bpm"] for r in (est or recs) if r["ref_hr_bpm"] is not None]
-    out = _summarise(rows)
+    out = _summarise(rows, filt)
     out["hr_bpm"] = _clean(float(np.mean([r["hr_bpm"] for r in est]))) if est else None
     out["ref_hr_bpm"] = _clean(float(np.mean(refs))) if refs else None
     return out
@@ -93,9 +124,16 @@ def results(
     subject: str | None = None,
     recording: str | None = None,
     estimator: str | None = None,
+    filt: WindowFilter = NO_FILTER,
 ) -> list[dict[str, Any]]:
-    """Rows for `nbhr results`: one per window, per recording or per subject (and estimator)."""
-    rows = queries.window_rows(session, subject, recording, estimator)
+    """Rows for `nbhr results`: one per window, per recording or per subject (and estimator).
+    With a filter, window rows are those that count and are usable; recordings and subjects
+    aggregate their usable windows, and coverage is usable / counted."""
+    rows = [
+        w for w in queries.window_rows(session, subject, recording, estimator) if filt.counts(w)
+    ]
+    if level == "window" and filt.min_quality is not None:
+        rows = [w for w in rows if _valid(w, filt)]
     labels = queries.model_labels(session)
     rows = [
         r if not r.model_key else replace(r, model_key=labels.get(r.model_key, r.model_key))
@@ -130,22 +168,29 @@ def results(
                 "n_recordings": len({w.recording_id for w in group}),
             }
         )
-        summary = _summarise(group) if level == "recording" else _summarise_subject(group)
+        summary = (
+            _summarise(group, filt) if level == "recording" else _summarise_subject(group, filt)
+        )
         out.append(head | summary)
     return out
 
 
-def _pairs(rows: list[WindowRow], level: str) -> tuple[list[tuple[str, float, float]], int]:
+def _pairs(
+    rows: list[WindowRow], level: str, filt: WindowFilter = NO_FILTER
+) -> tuple[list[tuple[str, float, float]], int]:
     """(group key, estimate, reference) per data point of `level`, and how many points had a
     reference (the denominator of coverage)."""
+    rows = [w for w in rows if filt.counts(w)]
     if level == "window":
         with_ref = [w for w in rows if w.ref_hr_bpm is not None]
-        pts = [(w.recording, w.hr_bpm if _valid(w) else math.nan, w.ref_hr_bpm) for w in with_ref]
+        pts = [
+            (w.recording, w.hr_bpm if _valid(w, filt) else math.nan, w.ref_hr_bpm) for w in with_ref
+        ]
         return pts, len(with_ref)
     pts = []
     n_ref = 0
     for key, group in _group(rows, level).items():
-        s = _summarise(group) if level == "recording" else _summarise_subject(group)
+        s = _summarise(group, filt) if level == "recording" else _summarise_subject(group, filt)
         if s["ref_hr_bpm"] is None:
             continue
         n_ref += 1
@@ -156,12 +201,28 @@ def _pairs(rows: list[WindowRow], level: str) -> tuple[list[tuple[str, float, fl
 
 
 def evaluate(
-    session: Session, estimator: str, level: str = "recording", model_key: str | None = None
+    session: Session,
+    estimator: str,
+    level: str = "recording",
+    model_key: str | None = None,
+    filt: WindowFilter = NO_FILTER,
 ) -> dict[str, Any]:
     """Agreement of one estimator (one model version of it) with the reference at `level`,
-    overall and per group (per recording for window level, per subject otherwise)."""
+    overall and per group (per recording for window level, per subject otherwise), over the
+    windows `filt` lets through."""
     rows = queries.window_rows(session, estimator=estimator, model_key=model_key)
-    pts, n_ref = _pairs(rows, level)
+    return _evaluate_rows(session, rows, estimator, level, model_key, filt)
+
+
+def _evaluate_rows(
+    session: Session,
+    rows: list[WindowRow],
+    estimator: str,
+    level: str,
+    model_key: str | None,
+    filt: WindowFilter,
+) -> dict[str, Any]:
+    pts, n_ref = _pairs(rows, level, filt)
     est = np.array([p[1] for p in pts], dtype=float)
     ref = np.array([p[2] for p in pts], dtype=float)
     overall = agreement(est, ref, n_total=n_ref)
@@ -172,10 +233,11 @@ def evaluate(
         {"key": key} | agreement(est[idx], ref[idx], n_total=len(idx))
         for key, idx in sorted(by_key.items())
     ]
-    ppg_r = [w.ppg_r for w in rows if w.ppg_r is not None and _valid(w)]
+    ppg_r = [w.ppg_r for w in rows if w.ppg_r is not None and filt.counts(w) and _valid(w, filt)]
     return {
         "estimator": estimator,
-        "model": _model_label(session, model_key),
+        "model": model_label(session, model_key),
+        "filters": filt.as_dict(),
         # NBHRnet's PPG output against the reference PPG: mean Pearson r over windows.
         "ppg_r_mean": _clean(float(np.mean(ppg_r))) if ppg_r else None,
         "ppg_r_n": len(ppg_r),
@@ -185,7 +247,7 @@ def evaluate(
     }
 
 
-def _model_label(session: Session, key: str | None) -> str | None:
+def model_label(session: Session, key: str | None) -> str | None:
     """'name:version' of a registered model, else its key; None for classical estimators."""
     if not key:
         return None
@@ -195,3 +257,94 @@ def _model_label(session: Session, key: str | None) -> str | None:
 def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
     """NaN is not JSON: undefined metrics (e.g. r with fewer than 3 points) become null."""
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+# Quality floors a sweep tries: these quantiles of the windows' own quality (SNR scales differ
+# between estimators, so fixed dB values would mean different things for each).
+SWEEP_QUANTILES = (0.0, 0.25, 0.5, 0.75, 0.9)
+
+
+def quality_sweep(
+    session: Session,
+    estimator: str,
+    level: str = "window",
+    model_key: str | None = None,
+    face_only: bool = False,
+) -> list[dict[str, Any]]:
+    """What a quality floor buys: coverage against error as --min-quality rises. One row per
+    floor (none, then the SWEEP_QUANTILES of the estimator's window qualities, in dB): the
+    floor, n, coverage, MAE, RMSE and r at `level`."""
+    rows = queries.window_rows(session, estimator=estimator, model_key=model_key)
+    qualities = [w.quality for w in rows if w.quality is not None and math.isfinite(w.quality)]
+    floors: list[float | None] = [None]
+    if qualities:
+        floors += sorted({round(float(q), 2) for q in np.quantile(qualities, SWEEP_QUANTILES)})
+    out = []
+    for floor in floors:
+        filt = WindowFilter(min_quality=floor, face_only=face_only)
+        ev = _evaluate_rows(session, rows, estimator, level, model_key, filt)["overall"]
+        out.append(
+            {"min_quality": floor}
+            | {k: ev[k] for k in ("n", "coverage", "mae", "rmse", "pearson_r")}
+        )
+    return out
+
+
+def rhythm(
+    session: Session,
+    subject: str | None = None,
+    recording: str | None = None,
+    estimator: str | None = None,
+    brady_bpm: float = NEONATAL_BRADY_BPM,
+    tachy_bpm: float = NEONATAL_TACHY_BPM,
+    min_duration_s: float = 0.0,
+    filt: WindowFilter = NO_FILTER,
+) -> list[dict[str, Any]]:
+    """Per recording and estimator (and model): bradycardia and tachycardia episodes in the
+    estimated window HRs (usable windows only) and, for comparison, in the reference HR of the
+    same windows (model.rhythm.episodes)."""
+    rows = [
+        w for w in queries.window_rows(session, subject, recording, estimator) if filt.counts(w)
+    ]
+    labels = queries.model_labels(session)
+    out = []
+    for (subj, rec, est, key), group in _group(rows, "recording").items():
+        t0 = np.array([w.t_start for w in group])
+        t1 = np.array([w.t_end for w in group])
+        series = {
+            "estimate": np.array([w.hr_bpm if _valid(w, filt) else np.nan for w in group], float),
+            "reference": np.array(
+                [np.nan if w.ref_hr_bpm is None else w.ref_hr_bpm for w in group], float
+            ),
+        }
+        entry: dict[str, Any] = {
+            "subject": subj,
+            "recording": rec,
+            "estimator": est,
+            "model": labels.get(key, key) if key else None,
+            "thresholds": {
+                "brady_bpm": brady_bpm,
+                "tachy_bpm": tachy_bpm,
+                "min_duration_s": min_duration_s,
+            },
+        }
+        for source, hr in series.items():
+            found = episodes(t0, t1, hr, brady_bpm, tachy_bpm, min_duration_s)
+            entry[source] = {
+                "n_windows_with_hr": int(np.isfinite(hr).sum()),
+                "bradycardia_s": round(sum(e.duration_s for e in found if e.kind[0] == "b"), 3),
+                "tachycardia_s": round(sum(e.duration_s for e in found if e.kind[0] == "t"), 3),
+                "episodes": [
+                    {
+                        "kind": e.kind,
+                        "t_start": round(e.t_start, 3),
+                        "t_end": round(e.t_end, 3),
+                        "duration_s": round(e.duration_s, 3),
+                        "extreme_bpm": round(e.extreme_bpm, 2),
+                        "n_windows": e.n_windows,
+                    }
+                    for e in found
+                ],
+            }
+        out.append(entry)
+    return out

@@ -105,17 +105,28 @@ def bench_estimators(fps: float = 30.0, window_s: float = 10.0) -> dict[str, Any
     return out
 
 
-def bench_nbhrnet(model: Path, repeats: int = 3) -> dict[str, Any]:
-    """onnxruntime cost of one 60-frame window of `model`, on 1 and 2 threads, batch 1 and 8:
-    wall and CPU (all threads) seconds per window, after one warm-up batch."""
+def face_frames(face_videos: list[Path], n: int) -> np.ndarray:
+    """`n` normalised 128x128 face crops cut from the videos as workers cut them (repeated when
+    the videos hold fewer). Timings need real crops: on random frames onnxruntime's PRelu
+    runs about 1.5x slower (its per-element branch mispredicts on random signs), which once
+    made inference alone look dearer than the whole pipeline."""
+    from training.quantize import calibration_frames
+
+    frames = calibration_frames(face_videos, max_frames=n, stride=1).frames
+    return np.resize(frames, (n, *frames.shape[1:]))
+
+
+def bench_nbhrnet(model: Path, frames: np.ndarray, repeats: int = 3) -> dict[str, Any]:
+    """onnxruntime cost of one 60-frame window of `model` through its whole fp32 graph, on 1
+    and 2 threads, batch 1 and 8: wall and CPU (all threads) seconds per window, after one
+    warm-up batch. frames: at least 480 normalised face crops (face_frames)."""
     from model.nbhrnet import NBHRNetRunner
 
-    rng = np.random.default_rng(0)
     out: dict[str, Any] = {"model": str(model)}
     for threads in (1, 2):
         runner = NBHRNetRunner(model, threads=threads)
         for batch in (1, 8):
-            x = rng.standard_normal((batch, 60, 3, 128, 128)).astype(np.float32)
+            x = frames[: batch * 60].reshape(batch, 60, *frames.shape[1:])
             runner.predict(x, batch_size=batch)  # warm-up: session creation, first run
             with _Clock() as c:
                 for _ in range(repeats):
@@ -128,19 +139,20 @@ def bench_nbhrnet(model: Path, repeats: int = 3) -> dict[str, Any]:
     return out
 
 
-def bench_nbhrnet_overlap(model: Path, seconds: float = 10.0) -> dict[str, Any]:
-    """NBHRnet inference alone over `seconds` of 30-fps frames on 1 thread, per video second of
-    CPU: windows every 2 s against every 0.5 s through the per-frame encoder and the head
-    (features computed once), and every 0.5 s through the whole-model graph (each window's
-    frames encoded again), which is what overlap would cost without shared features."""
+def bench_nbhrnet_overlap(model: Path, frames: np.ndarray) -> dict[str, Any]:
+    """NBHRnet inference alone over `frames` (normalised face crops at 30 fps) on 1 thread, per
+    video second of CPU: windows every 2 s against every 0.5 s through the per-frame fp32
+    encoder and the head (features computed once), and every 0.5 s through the whole-model
+    graph (each window's frames encoded again), which is what overlap would cost without shared
+    features."""
     from model.nbhrnet import NBHRNetRunner
 
     runner = NBHRNetRunner(model, threads=1)
     if not runner.framewise:
         return {"skipped": f"{model.name} has no encoder/head companions"}
-    rng = np.random.default_rng(0)
-    n = int(seconds * 30)
-    x = rng.standard_normal((n, 3, 128, 128)).astype(np.float32)
+    x = np.ascontiguousarray(frames, dtype=np.float32)
+    n = len(x)
+    seconds = n / 30
     runner.encode_frames(x[:60])  # warm-up: sessions, first runs
     runner.run_head(np.zeros((1, 60, 256), np.float32))
     out: dict[str, Any] = {"video_s": seconds}
@@ -174,14 +186,11 @@ def bench_nbhrnet_precision(
     (best of `repeats`), the speed-up over the single graph, and the convolutions' GFLOP/s
     (GOP/s at int8) against this core's peak measured by `core_peak`."""
     from model.nbhrnet import CONV_FLOPS_PER_FRAME, NBHRNetRunner
-    from training.quantize import calibration_frames
 
     fp32 = NBHRNetRunner(model, threads=1)
     if not fp32.framewise:
         return {"skipped": f"{model.name} has no encoder/head companions"}
-    calib = calibration_frames(face_videos[:1], max_frames=60 * windows, stride=1)
-    windows = len(calib.frames) // 60
-    frames = calib.frames[: 60 * windows]
+    frames = face_frames(face_videos[:1], 60 * windows)
     # Normalised in 60-frame blocks, so each block is what the whole graph takes as a window.
     whole = frames.reshape(windows, 60, *frames.shape[1:])
 
@@ -205,7 +214,7 @@ def bench_nbhrnet_precision(
 
         timings[f"encoder_{name}_and_head"] = cpu_per_window(framewise)
     peak = core_peak()
-    out: dict[str, Any] = {"windows": windows, "frames_from": calib.sources[0]}
+    out: dict[str, Any] = {"windows": windows, "frames_from": str(face_videos[0])}
     for key, seconds in timings.items():
         kind = "int8" if "int8" in key else "fp32"
         rate = CONV_FLOPS_PER_FRAME * 60 / seconds / 1e9
@@ -219,7 +228,7 @@ def bench_nbhrnet_precision(
     return out
 
 
-def core_peak(size: int = 1024, repeats: int = 3) -> dict[str, Any]:
+def core_peak(size: int = 1024, repeats: int = 10) -> dict[str, Any]:
     """What one core can do, by microbenchmark: onnxruntime's MatMul on fp32 (GFLOP/s) and its
     MatMulInteger on uint8 x int8 (GOP/s, the VNNI path quantised convolutions use), square
     `size` matrices, 1 thread, best of `repeats`. Needs the onnx package (the train extra)
@@ -291,7 +300,7 @@ def bench_pipeline_overhead(
         e2e = bench_end_to_end(archive, 1, opts, (("one_process", 1, 1),))["one_process"]
     runner = NBHRNetRunner(model, threads=1, precision=opts.nbhrnet_precision)
     n = int(round(e2e["video_s"] * 30))
-    x = np.random.default_rng(0).standard_normal((60, 3, 128, 128)).astype(np.float32)
+    x = face_frames(face_videos[:1], 60)
     runner.run_head(runner.encode_frames(x)[None])  # warm-up
     with _Clock() as c:
         for _ in range(n // 60):
@@ -394,7 +403,8 @@ def run_bench(archive: Path | None, workers: int, model: Path | None = None) -> 
         if model is not None:
             from model.nbhrnet import NBHRNetRunner
 
-            result["nbhrnet"] = bench_nbhrnet(model)
+            frames = face_frames(with_face[:1], 480)
+            result["nbhrnet"] = bench_nbhrnet(model, frames)
             runner = NBHRNetRunner(model)
             # What `nbhr run` does by default: the int8 encoder when the model has one.
             int8 = runner.framewise and runner.int8_sha256 is not None
@@ -413,7 +423,7 @@ def run_bench(archive: Path | None, workers: int, model: Path | None = None) -> 
                 ("one_process_threads", 1, workers),
             )
             result["nbhrnet"]["end_to_end"] = bench_end_to_end(archive, workers, opts, layouts)
-            result["nbhrnet"]["overlap"] = bench_nbhrnet_overlap(model)
+            result["nbhrnet"]["overlap"] = bench_nbhrnet_overlap(model, frames[:300])
             result["nbhrnet"]["precision"] = bench_nbhrnet_precision(model, with_face)
             if NBHRNetRunner(model).framewise:
                 result["nbhrnet"]["pipeline_overhead"] = bench_pipeline_overhead(

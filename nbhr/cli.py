@@ -903,6 +903,35 @@ def _duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+# Window filters shared by `results` and `evaluate` (nbhr.analysis.WindowFilter).
+_FILTER_OPTIONS = [
+    click.option(
+        "--min-quality",
+        type=float,
+        help="Windows whose quality (SNR, dB) is below this are not usable estimates: they "
+        "lower coverage instead of adding error.",
+    ),
+    click.option(
+        "--face-only",
+        is_flag=True,
+        help="Leave out windows where the tracked face was lost (instead of counting them "
+        "as misses).",
+    ),
+]
+
+
+def filter_options(fn: Callable) -> Callable:
+    for option in reversed(_FILTER_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def _window_filter(min_quality: float | None, face_only: bool) -> Any:
+    from nbhr.analysis import WindowFilter
+
+    return WindowFilter(min_quality=min_quality, face_only=face_only)
+
+
 @main.command()
 @DB_OPTION
 @click.option("--subject")
@@ -917,10 +946,17 @@ def _duration(seconds: float) -> str:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["table", "csv", "json"]),
+    type=click.Choice(["table", "csv", "json", "parquet"]),
     default="table",
     show_default=True,
+    help="parquet needs --out and the pyarrow package (pip install -e '.[parquet]').",
 )
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to this file instead of the terminal.",
+)
+@filter_options
 @friendly_errors
 def results(
     db_url: str,
@@ -929,14 +965,136 @@ def results(
     estimator: str | None,
     level: str,
     fmt: str,
+    out: Path | None,
+    min_quality: float | None,
+    face_only: bool,
 ) -> None:
     """HR estimates per window, recording or subject, with the reference where known."""
     from nbhr import analysis
 
+    if fmt == "parquet" and out is None:
+        raise click.UsageError("--format parquet writes a file: give --out FILE.parquet")
+    engine = open_db(db_url)
+    filt = _window_filter(min_quality, face_only)
+    with session_scope(engine) as s:
+        rows = analysis.results(s, level, subject, recording, estimator, filt)
+    if fmt == "parquet":
+        _write_parquet(rows, out)
+        click.echo(f"wrote {len(rows)} rows to {out}")
+    elif out is not None:
+        with out.open("w") as f, contextlib.redirect_stdout(f):
+            emit_rows(rows, fmt)
+        click.echo(f"wrote {len(rows)} rows to {out}", err=True)
+    else:
+        emit_rows(rows, fmt)
+
+
+def _write_parquet(rows: list[dict[str, Any]], out: Path) -> None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise click.UsageError(
+            "--format parquet needs pyarrow: pip install -e '.[parquet]'"
+        ) from None
+    pq.write_table(pa.Table.from_pylist(rows), str(out))
+
+
+@main.command()
+@DB_OPTION
+@click.option("--subject")
+@click.option("--recording", help="Path or file name of a recording.")
+@click.option("--estimator")
+@click.option(
+    "--brady-bpm", default=100.0, show_default=True, help="Bradycardia: window HR below this."
+)
+@click.option(
+    "--tachy-bpm", default=180.0, show_default=True, help="Tachycardia: window HR above this."
+)
+@click.option(
+    "--min-duration-s", default=0.0, show_default=True, help="Shorter episodes are not listed."
+)
+@filter_options
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def rhythm(
+    db_url: str,
+    subject: str | None,
+    recording: str | None,
+    estimator: str | None,
+    brady_bpm: float,
+    tachy_bpm: float,
+    min_duration_s: float,
+    min_quality: float | None,
+    face_only: bool,
+    as_json: bool,
+) -> None:
+    """Bradycardia and tachycardia episodes per recording (neonatal limits by default), in the
+    estimated HR and in the reference HR of the same windows, with their durations."""
+    from nbhr import analysis
+
+    if brady_bpm >= tachy_bpm:
+        raise click.UsageError(f"--brady-bpm {brady_bpm:g} must be below --tachy-bpm {tachy_bpm:g}")
+    engine = open_db(db_url)
+    filt = _window_filter(min_quality, face_only)
+    with session_scope(engine) as s:
+        rows = analysis.rhythm(
+            s, subject, recording, estimator, brady_bpm, tachy_bpm, min_duration_s, filt
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    table = []
+    for r in rows:
+        est, ref = r["estimate"], r["reference"]
+        table.append(
+            {
+                "recording": r["recording"],
+                "estimator": r["estimator"] + (f" ({r['model']})" if r["model"] else ""),
+                "brady_n": sum(e["kind"] == "bradycardia" for e in est["episodes"]),
+                "brady_s": est["bradycardia_s"],
+                "tachy_n": sum(e["kind"] == "tachycardia" for e in est["episodes"]),
+                "tachy_s": est["tachycardia_s"],
+                "ref_brady_s": ref["bradycardia_s"],
+                "ref_tachy_s": ref["tachycardia_s"],
+            }
+        )
+    click.echo(f"episodes: HR < {brady_bpm:g} bpm (brady), > {tachy_bpm:g} bpm (tachy); seconds")
+    emit_rows(table, "table")
+
+
+@main.command()
+@DB_OPTION
+@click.argument("recording")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PNG file to write.",
+)
+@click.option("--estimator", "estimators", multiple=True, help="Repeat for several (default: all).")
+@click.option(
+    "--min-quality",
+    type=float,
+    help="Windows below this quality (SNR, dB) are drawn as hollow grey markers (default: "
+    "those the recording's aggregate HR leaves out).",
+)
+@friendly_errors
+def plot(
+    db_url: str, recording: str, out: Path, estimators: tuple[str, ...], min_quality: float | None
+) -> None:
+    """One recording's estimated HR over time against the reference HR (and SpO2), with
+    low-quality windows and lost-face stretches marked. RECORDING: its path or file name."""
+    from nbhr import plots
+
     engine = open_db(db_url)
     with session_scope(engine) as s:
-        rows = analysis.results(s, level, subject, recording, estimator)
-    emit_rows(rows, fmt)
+        try:
+            fig = plots.recording_figure(s, recording, estimators, min_quality)
+        except plots.PlotError as exc:
+            raise click.UsageError(str(exc)) from None
+    plots.save(fig, out)
+    click.echo(f"wrote {out}")
 
 
 METRIC_LABELS = (
@@ -980,15 +1138,30 @@ METRIC_LABELS = (
     multiple=True,
     help="Model version (name:version or key) to evaluate; repeat to compare versions.",
 )
+@filter_options
+@click.option(
+    "--quality-sweep",
+    is_flag=True,
+    help="Coverage against error as the quality floor rises (none, then the 0/25/50/75/90 % "
+    "quantiles of each estimator's window qualities).",
+)
 @friendly_errors
 def evaluate(
-    db_url: str, estimators: tuple[str, ...], level: str, models: tuple[str, ...], as_json: bool
+    db_url: str,
+    estimators: tuple[str, ...],
+    level: str,
+    models: tuple[str, ...],
+    as_json: bool,
+    min_quality: float | None,
+    face_only: bool,
+    quality_sweep: bool,
 ) -> None:
     """Agreement with the reference vitals: MAE, RMSE, MAPE, r, Bland-Altman, hit rates."""
     from db import queries
     from nbhr import analysis
 
     engine = open_db(db_url)
+    filt = _window_filter(min_quality, face_only)
     with session_scope(engine) as s:
         keys = [_model_key(s, ref) for ref in models]
         pairs = [
@@ -996,7 +1169,17 @@ def evaluate(
             for e, k in queries.estimators_present(s)
             if (not estimators or e in estimators) and (not keys or k in keys)
         ]
-        evals = [analysis.evaluate(s, e, level, k) for e, k in pairs]
+        if quality_sweep:
+            sweeps = [
+                {"estimator": e, "model": analysis.model_label(s, k), "level": level}
+                | {"sweep": analysis.quality_sweep(s, e, level, k, face_only)}
+                for e, k in pairs
+            ]
+        else:
+            evals = [analysis.evaluate(s, e, level, k, filt) for e, k in pairs]
+    if quality_sweep:
+        _print_sweeps(sweeps, as_json)
+        return
     if as_json:
         click.echo(json.dumps(evals[0] if len(evals) == 1 else evals, indent=1))
         return
@@ -1012,6 +1195,16 @@ def evaluate(
         ],
         "table",
     )
+
+
+def _print_sweeps(sweeps: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(sweeps, indent=1))
+        return
+    for sweep in sweeps:
+        model = f" ({sweep['model']})" if sweep["model"] else ""
+        click.echo(f"{sweep['estimator']}{model}, {sweep['level']} level: quality floor (dB)")
+        emit_rows(sweep["sweep"], "table")
 
 
 def _model_key(session: Any, ref: str) -> str:

@@ -161,10 +161,10 @@ def test_overlap_needs_the_encoder_and_head(tmp_path: Path, demo_archive: Path) 
     assert out.returncode == 2 and "must divide 2 s" in out.stderr
 
 
-def test_bench_reports_the_cost_of_overlap() -> None:
-    from nbhr.bench import bench_nbhrnet_overlap
+def test_bench_reports_the_cost_of_overlap(face_videos: list[Path]) -> None:
+    from nbhr.bench import bench_nbhrnet_overlap, face_frames
 
-    out = bench_nbhrnet_overlap(BUNDLED_MODEL, seconds=4.0)
+    out = bench_nbhrnet_overlap(BUNDLED_MODEL, face_frames(face_videos, 120))
     # 120 frames: windows at 0 and 60 every 2 s; at 0, 15, ..., 60 every 0.5 s.
     assert (out["hop_2s"]["windows"], out["hop_0.5s"]["windows"]) == (2, 5)
     assert out["hop_0.5s_whole_graph"]["windows"] == 5

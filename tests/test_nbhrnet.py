@@ -148,3 +148,15 @@ def test_inference_module_does_not_import_torch() -> None:
         "assert 'onnxruntime' not in sys.modules, 'onnxruntime imported at import time'"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_normalise_window_matches_the_plain_numpy_definition() -> None:
+    """The OpenCV path gives what (x - mean) / std in float64 gives, to float32 rounding, and
+    other dtypes take the numpy path to the same result."""
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 256, size=(FRAMES, SIZE, SIZE, 3), dtype=np.uint8)
+    x = frames.astype(np.float64)
+    want = (x - x.mean(axis=(0, 1, 2))) / x.std(axis=(0, 1, 2))
+    want = want.transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(normalise_window(frames), want, atol=2e-6)
+    np.testing.assert_allclose(normalise_window(frames.astype(np.float32)), want, atol=2e-6)
