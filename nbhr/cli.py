@@ -126,10 +126,19 @@ def main() -> None:
     type=click.IntRange(1, 256),
     help="Processes rendering recordings (the archive is the same for any number).",
 )
+@click.option("--json", "as_json", is_flag=True, help="What was written, as JSON.")
 def demo(
-    directory: Path, subjects: int, recordings: int, seconds: float, seed: int, jobs: int
+    directory: Path,
+    subjects: int,
+    recordings: int,
+    seconds: float,
+    seed: int,
+    jobs: int,
+    as_json: bool,
 ) -> None:
     """Write a SYNTHETIC NICU-like archive (NBHR layout) to DIRECTORY."""
+    from dataclasses import asdict
+
     from nbhr.demo import write_demo_archive
 
     summary = write_demo_archive(
@@ -140,6 +149,11 @@ def demo(
         recordings_per_subject=recordings,
         jobs=jobs,
     )
+    if as_json:
+        recs = [asdict(r) for r in summary.recordings]
+        out = {"root": str(directory), "manifest": str(summary.manifest), "recordings": recs}
+        click.echo(json.dumps(out, indent=1))
+        return
     click.echo(
         f"wrote {len(summary.recordings)} recordings of {len(summary.subjects)} subjects "
         f"(+1 without a face) to {directory} (synthetic: a real photograph, a simulated pulse)"
@@ -760,8 +774,9 @@ def worker(
 @BROKER_OPTION
 @QUEUE_OPTION
 @click.option("--job", "job_id", type=int, default=None, help="Only this job's segments.")
+@click.option("--json", "as_json", is_flag=True, help='{"requeued": n, "queue": name}.')
 @friendly_errors
-def requeue(db_url: str, broker_url: str, queue: str, job_id: int | None) -> None:
+def requeue(db_url: str, broker_url: str, queue: str, job_id: int | None, as_json: bool) -> None:
     """Publish again every queued segment and every running one whose lease ran out (after a
     broker restart lost messages, or a worker died)."""
     from db import queries
@@ -772,6 +787,9 @@ def requeue(db_url: str, broker_url: str, queue: str, job_id: int | None) -> Non
     with session_scope(open_db(db_url)) as s:
         ids = queries.segments_to_requeue(s, job_id)
     n = publish_again(ids, queue)
+    if as_json:
+        click.echo(json.dumps({"requeued": n, "queue": queue}))
+        return
     click.echo(f"requeued {n} segments on {queue}")
 
 
@@ -926,6 +944,19 @@ def filter_options(fn: Callable) -> Callable:
     return fn
 
 
+def select_options(fn: Callable) -> Callable:
+    """--subject, --recording and --estimator: which windows a reading command looks at."""
+    for option in reversed(
+        [
+            click.option("--subject"),
+            click.option("--recording", help="Path or file name of a recording."),
+            click.option("--estimator"),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
 def _window_filter(min_quality: float | None, face_only: bool) -> Any:
     from nbhr.analysis import WindowFilter
 
@@ -934,9 +965,7 @@ def _window_filter(min_quality: float | None, face_only: bool) -> Any:
 
 @main.command()
 @DB_OPTION
-@click.option("--subject")
-@click.option("--recording", help="Path or file name of a recording.")
-@click.option("--estimator")
+@select_options
 @click.option(
     "--level",
     type=click.Choice(["window", "recording", "subject"]),
@@ -1002,9 +1031,7 @@ def _write_parquet(rows: list[dict[str, Any]], out: Path) -> None:
 
 @main.command()
 @DB_OPTION
-@click.option("--subject")
-@click.option("--recording", help="Path or file name of a recording.")
-@click.option("--estimator")
+@select_options
 @click.option(
     "--brady-bpm", default=100.0, show_default=True, help="Bradycardia: window HR below this."
 )
@@ -1079,9 +1106,15 @@ def rhythm(
     help="Windows below this quality (SNR, dB) are drawn as hollow grey markers (default: "
     "those the recording's aggregate HR leaves out).",
 )
+@click.option("--json", "as_json", is_flag=True, help='{"out": file, "recording": ...}.')
 @friendly_errors
 def plot(
-    db_url: str, recording: str, out: Path, estimators: tuple[str, ...], min_quality: float | None
+    db_url: str,
+    recording: str,
+    out: Path,
+    estimators: tuple[str, ...],
+    min_quality: float | None,
+    as_json: bool,
 ) -> None:
     """One recording's estimated HR over time against the reference HR (and SpO2), with
     low-quality windows and lost-face stretches marked. RECORDING: its path or file name."""
@@ -1094,6 +1127,9 @@ def plot(
         except plots.PlotError as exc:
             raise click.UsageError(str(exc)) from None
     plots.save(fig, out)
+    if as_json:
+        click.echo(json.dumps({"out": str(out), "recording": recording}))
+        return
     click.echo(f"wrote {out}")
 
 
@@ -1271,6 +1307,7 @@ def models_list(db_url: str, as_json: bool) -> None:
     help="JSON file of the model's validation metrics.",
 )
 @DB_OPTION
+@click.option("--json", "as_json", is_flag=True, help="The registered entry as JSON.")
 @friendly_errors
 def models_register(
     file: Path,
@@ -1279,6 +1316,7 @@ def models_register(
     trained_on: str | None,
     metrics_file: Path | None,
     db_url: str,
+    as_json: bool,
 ) -> None:
     """Register an exported NBHRnet ONNX FILE as NAME:VERSION (stores its SHA-256 and spec)."""
     from db import queries
@@ -1299,6 +1337,10 @@ def models_register(
             key = m.key
     except ValueError as exc:
         raise click.ClickException(f"{name}:{version}: {exc}") from None
+    if as_json:
+        entry = {"name": name, "version": version, "key": key, "sha256": runner.sha256}
+        click.echo(json.dumps(entry | {"path": str(file.resolve())}))
+        return
     click.echo(f"registered {name}:{version} (key {key})")
 
 

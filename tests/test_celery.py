@@ -325,7 +325,8 @@ def test_redis_restart_loses_messages_and_requeue_recovers_them(
         private_redis()
         assert redis.Redis.from_url(url).llen(queue) == 0  # nothing came back
         time.sleep(float(LEASE_S) + 1)  # a segment running at the restart may need its lease
-        nbhr("requeue", "--db", pg_url, "--broker", url, "--queue", queue)
+        done = nbhr_json("requeue", "--db", pg_url, "--broker", url, "--queue", queue, "--json")
+        assert done["queue"] == queue and done["requeued"] >= len(pending)
         wait_for(lambda: all_done(pg_url), JOB_TIMEOUT_S, "the job", lambda: w.log("a"))
     finally:
         w.stop()

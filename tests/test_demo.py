@@ -193,3 +193,16 @@ def test_seed_reproduces_reference(tmp_path: Path) -> None:
     first = reference(5, "a")
     assert reference(5, "b") == first
     assert reference(6, "c") != first
+
+
+def test_demo_command_lists_what_it_wrote_as_json(tmp_path: Path) -> None:
+    from tests.helpers import nbhr_json
+
+    out = nbhr_json(
+        "demo", tmp_path / "a", "--subjects", "1", "--recordings", "1", "--seconds", "12", "--json"
+    )
+    assert out["root"] == str(tmp_path / "a") and Path(out["manifest"]).is_file()
+    assert sorted(r["has_face"] for r in out["recordings"]) == [False, True]
+    for r in out["recordings"]:
+        assert (tmp_path / "a" / r["recording"]).is_file() and r["subject"] == "infant_001"
+        assert 80 <= r["mean_hr_bpm"] <= 240

@@ -87,7 +87,12 @@ def test_registry_and_two_versions_side_by_side(
         "--db",
         sqlite_url,
     )
-    nbhr("models", "register", other, "--name", "nbhrnet", "--version", "2", "--db", sqlite_url)
+    entry = nbhr_json(
+        "models", "register", other, "--name", "nbhrnet", "--version", "2", "--db", sqlite_url,
+        "--json",
+    )  # fmt: skip
+    assert (entry["name"], entry["version"]) == ("nbhrnet", "2")
+    assert entry["key"] == entry["sha256"][:16] and entry["path"] == str(other.resolve())
     again = nbhr(
         "models",
         "register",

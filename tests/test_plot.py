@@ -19,6 +19,10 @@ def test_plot_draws_a_recording_against_its_reference(
     out = tmp_path / "hr.png"
     done = nbhr("plot", face, "--db", sqlite_url, "--out", out)
     assert f"wrote {out}" in done.stdout
+    assert nbhr_json("plot", face, "--db", sqlite_url, "--out", out, "--json") == {
+        "out": str(out),
+        "recording": face,
+    }
     image = cv2.imread(str(out))
     assert image is not None and image.shape[1] == 1100  # 11 in at 100 dpi
     # Not a blank canvas: lines in several colours (black reference, blue POS, green GREEN).

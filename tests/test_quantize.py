@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from model.nbhrnet import BUNDLED_MODEL, NBHRNetRunner, companion_paths, int8_encoder_path
-from tests.helpers import nbhr
+from tests.helpers import nbhr, nbhr_json
 from training.quantize import calibration_frames, quantize_encoder
 
 
@@ -77,9 +77,12 @@ def test_quantize_command_and_precision_option(
     out = nbhr(*args, "--nbhrnet-precision", "int8", check=False)
     assert out.returncode == 2 and "nbhr quantize" in out.stderr
 
-    out = nbhr("quantize", model, face_videos[0], "--frames", "30", "--method", "minmax")
-    assert "m.encoder.int8.onnx sha256" in out.stdout and "cosine" in out.stdout
-    assert int8_encoder_path(model).is_file()
+    made = nbhr_json(
+        "quantize", model, face_videos[0], "--frames", "30", "--method", "minmax", "--json"
+    )
+    assert made["path"] == str(int8_encoder_path(model)) and int8_encoder_path(model).is_file()
+    assert (made["frames"], made["videos"], made["method"]) == (30, 1, "minmax")
+    assert 0.9 < made["cosine_mean"] <= 1.0 and made["cosine_min"] <= made["cosine_mean"]
     bad = tmp_path / "not a video.avi"
     bad.write_text("text")
     out = nbhr("quantize", model, bad, check=False)

@@ -3,6 +3,7 @@ and the two commands. Small model (8 frames of 32 x 32) so the file runs in seco
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -294,6 +295,9 @@ def test_export_onnx_from_checkpoint(tmp_path: Path, full_run: tuple[Path, dict]
     assert res.exit_code == 0, res.output
     runner = NBHRNetRunner(out, threads=THREADS)
     assert res.output.split()[-1] == runner.sha256
+    again = CliRunner().invoke(cli.export_onnx, [str(full_dir / BEST), "--out", str(out), "--json"])
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    assert json.loads(again.output) == {"path": str(out), "sha256": digest}
 
     rng = np.random.default_rng(2)
     video = rng.integers(0, 256, (2, FRAMES, 128, 128, 3), dtype=np.uint8)

@@ -235,7 +235,8 @@ def _on_window_grid(t_start: float, window_s: float = 2.0) -> bool:
 @click.option(
     "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="ONNX file."
 )
-def export_onnx(checkpoint: Path, out: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help='{"path": file, "sha256": hex}.')
+def export_onnx(checkpoint: Path, out: Path, as_json: bool) -> None:
     """Export a training checkpoint (checkpoint.pt or best.pt) to ONNX, with its per-frame
     encoder and per-window head beside it (FILE -> FILE.encoder.onnx, FILE.head.onnx, which let
     workers share frame features between overlapping windows); prints the model's SHA-256."""
@@ -246,6 +247,9 @@ def export_onnx(checkpoint: Path, out: Path) -> None:
     model = load_checkpoint(checkpoint)
     export(model, out, frames=model.frames)
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    if as_json:
+        click.echo(json.dumps({"path": str(out), "sha256": digest}))
+        return
     click.echo(f"{out} sha256 {digest}")
 
 
@@ -265,8 +269,9 @@ def export_onnx(checkpoint: Path, out: Path) -> None:
     show_default=True,
     help="How activation ranges are read off the calibration frames.",
 )
+@click.option("--json", "as_json", is_flag=True, help="The file and its figures as JSON.")
 def quantize(
-    model: Path, calibration: tuple[Path, ...], roi: str, frames: int, method: str
+    model: Path, calibration: tuple[Path, ...], roi: str, frames: int, method: str, as_json: bool
 ) -> None:
     """Quantise an exported NBHRnet's encoder to int8 (FILE -> FILE.encoder.int8.onnx),
     calibrated on face crops of the videos in CALIBRATION (folders are searched recursively)
@@ -293,6 +298,11 @@ def quantize(
     int8 = NBHRNetRunner(model, precision="int8").encode_frames(calib.frames)
     cosine = np.sum(fp32 * int8, 1) / (np.linalg.norm(fp32, axis=1) * np.linalg.norm(int8, axis=1))
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    if as_json:
+        figures = {"frames": len(calib.frames), "videos": len(calib.sources), "method": method}
+        cos = {"cosine_mean": float(cosine.mean()), "cosine_min": float(cosine.min())}
+        click.echo(json.dumps({"path": str(out), "sha256": digest} | figures | cos))
+        return
     click.echo(
         f"{out} sha256 {digest}: {len(calib.frames)} frames of {len(calib.sources)} videos; "
         f"feature cosine to fp32 mean {cosine.mean():.4f}, min {cosine.min():.4f}"
