@@ -26,18 +26,26 @@ def aggregate_hr(hr_bpm: np.ndarray, quality: np.ndarray) -> float:
     """
     hr = np.asarray(hr_bpm, dtype=float)
     q = np.asarray(quality, dtype=float)
+    used = aggregated_windows(hr, q)
+    if not used.any():
+        return float("nan")
+    return weighted_median(hr[used], 10.0 ** (q[used] / 10.0))
+
+
+def aggregated_windows(hr_bpm: np.ndarray, quality: np.ndarray) -> np.ndarray:
+    """Which windows aggregate_hr uses (its rule, above): bool (N,).
+
+    hr_bpm, quality: float arrays (N,), as for aggregate_hr.
+    """
+    hr = np.asarray(hr_bpm, dtype=float)
+    q = np.asarray(quality, dtype=float)
     if hr.shape != q.shape or hr.ndim != 1:
         raise ValueError(
             f"hr_bpm and quality must be 1-D of equal length, got {hr.shape}, {q.shape}"
         )
     usable = np.isfinite(hr) & ~np.isnan(q)
-    hr, q = hr[usable], q[usable]
-    if len(hr) == 0:
-        return float("nan")
-    good = q >= MIN_GOOD_SNR_DB
-    if good.sum() >= MIN_GOOD_WINDOWS:
-        hr, q = hr[good], q[good]
-    return weighted_median(hr, 10.0 ** (q / 10.0))
+    good = usable & (q >= MIN_GOOD_SNR_DB)
+    return good if good.sum() >= MIN_GOOD_WINDOWS else usable
 
 
 def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:

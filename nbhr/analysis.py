@@ -52,12 +52,6 @@ class WindowFilter:
 NO_FILTER = WindowFilter()
 
 
-def _valid(w: WindowRow, filt: WindowFilter = NO_FILTER) -> bool:
-    """A usable estimate: an HR exists, the face (when tracked) was found, and it passes
-    `filt`'s quality floor."""
-    return filt.usable(w)
-
-
 def _clean(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else round(float(x), 3)
 
@@ -73,7 +67,7 @@ def _summarise(rows: list[WindowRow], filt: WindowFilter = NO_FILTER) -> dict[st
     ref_hr_bpm the median reference over those same windows, so the two compare like with
     like; with no usable window, the reference is the median over all windows.
     """
-    valid = [w for w in rows if _valid(w, filt)]
+    valid = [w for w in rows if filt.usable(w)]
     hr = np.array([w.hr_bpm for w in valid], dtype=float)
     q = np.array([w.quality if w.quality is not None else np.nan for w in valid], dtype=float)
     paired = [w.ref_hr_bpm for w in valid if w.ref_hr_bpm is not None]
@@ -133,7 +127,7 @@ def results(
         w for w in queries.window_rows(session, subject, recording, estimator) if filt.counts(w)
     ]
     if level == "window" and filt.min_quality is not None:
-        rows = [w for w in rows if _valid(w, filt)]
+        rows = [w for w in rows if filt.usable(w)]
     labels = queries.model_labels(session)
     rows = [
         r if not r.model_key else replace(r, model_key=labels.get(r.model_key, r.model_key))
@@ -184,7 +178,7 @@ def _pairs(
     if level == "window":
         with_ref = [w for w in rows if w.ref_hr_bpm is not None]
         pts = [
-            (w.recording, w.hr_bpm if _valid(w, filt) else math.nan, w.ref_hr_bpm) for w in with_ref
+            (w.recording, w.hr_bpm if filt.usable(w) else math.nan, w.ref_hr_bpm) for w in with_ref
         ]
         return pts, len(with_ref)
     pts = []
@@ -233,7 +227,7 @@ def _evaluate_rows(
         {"key": key} | agreement(est[idx], ref[idx], n_total=len(idx))
         for key, idx in sorted(by_key.items())
     ]
-    ppg_r = [w.ppg_r for w in rows if w.ppg_r is not None and filt.counts(w) and _valid(w, filt)]
+    ppg_r = [w.ppg_r for w in rows if w.ppg_r is not None and filt.counts(w) and filt.usable(w)]
     return {
         "estimator": estimator,
         "model": model_label(session, model_key),
@@ -312,7 +306,7 @@ def rhythm(
         t0 = np.array([w.t_start for w in group])
         t1 = np.array([w.t_end for w in group])
         series = {
-            "estimate": np.array([w.hr_bpm if _valid(w, filt) else np.nan for w in group], float),
+            "estimate": np.array([w.hr_bpm if filt.usable(w) else np.nan for w in group], float),
             "reference": np.array(
                 [np.nan if w.ref_hr_bpm is None else w.ref_hr_bpm for w in group], float
             ),
@@ -332,8 +326,10 @@ def rhythm(
             found = episodes(t0, t1, hr, brady_bpm, tachy_bpm, min_duration_s)
             entry[source] = {
                 "n_windows_with_hr": int(np.isfinite(hr).sum()),
-                "bradycardia_s": round(sum(e.duration_s for e in found if e.kind[0] == "b"), 3),
-                "tachycardia_s": round(sum(e.duration_s for e in found if e.kind[0] == "t"), 3),
+                **{
+                    f"{kind}_s": round(sum(e.duration_s for e in found if e.kind == kind), 3)
+                    for kind in ("bradycardia", "tachycardia")
+                },
                 "episodes": [
                     {
                         "kind": e.kind,

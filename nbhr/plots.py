@@ -12,7 +12,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from db import queries
-from model.aggregate import MIN_GOOD_SNR_DB, MIN_GOOD_WINDOWS
+from model.aggregate import aggregated_windows
 
 # One colour per estimator, stable across figures (matplotlib's tab10 order).
 COLOURS = {
@@ -138,11 +138,9 @@ def recording_figure(
 def _good(hr: np.ndarray, quality: np.ndarray, floor: float | None) -> np.ndarray:
     """Windows (bool (N,)) with an HR that count: at or above `floor`, or with no floor the
     ones model.aggregate.aggregate_hr uses for the recording's HR."""
-    has = np.isfinite(hr) & np.isfinite(quality)
-    if floor is not None:
-        return has & (quality >= floor)
-    good = has & (quality >= MIN_GOOD_SNR_DB)
-    return good if good.sum() >= MIN_GOOD_WINDOWS else has
+    if floor is None:
+        return aggregated_windows(hr, quality)
+    return np.isfinite(hr) & np.isfinite(quality) & (quality >= floor)
 
 
 def _label(name: str, ws: list) -> str:
