@@ -326,6 +326,42 @@ def failures(session: Session, limit: int = 50) -> list[dict[str, str]]:
     return [{"recording": p, "error": e or ""} for p, e in rows]
 
 
+@dataclass(frozen=True)
+class RecordingRow:
+    id: int
+    subject: str
+    path: str
+    status: str
+    duration_s: float | None
+    error: str | None
+    note: str | None
+    reference_source: str | None
+
+
+def recording_rows(session: Session, subject: str | None = None) -> list[RecordingRow]:
+    """Every registered recording (of `subject`), with its state, sorted by subject and path."""
+    q = (
+        select(
+            Recording.id,
+            Subject.key,
+            Recording.path,
+            Recording.status,
+            Recording.duration_s,
+            Recording.error,
+            Recording.note,
+            Recording.reference_source,
+        )
+        .join(Subject, Subject.id == Recording.subject_id)
+        .order_by(Subject.key, Recording.path)
+    )
+    if subject is not None:
+        q = q.where(Subject.key == subject)
+    return [
+        RecordingRow(rid, subj, path, status.value, dur, err, note, ref)
+        for rid, subj, path, status, dur, err, note, ref in session.execute(q)
+    ]
+
+
 def window_count(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(Window)) or 0
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.interpolate import CubicSpline
-from scipy.ndimage import gaussian_filter1d
 
 from model.bands import Band
 from model.spectrum import spectral_hr
@@ -129,6 +127,10 @@ def ppg_target(
         return None
     if t[-1] < grid[-1] - edge:
         return None
+    # scipy costs 1.5 s to import; the CLI's reading commands never get here.
+    from scipy.interpolate import CubicSpline
+    from scipy.ndimage import gaussian_filter1d
+
     target = gaussian_filter1d(CubicSpline(t, v)(grid), PPG_SIGMA)
     lo, hi = float(target.min()), float(target.max())
     if not hi - lo > 1e-9 * max(1.0, abs(hi)):

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import signal
 
 from model.bands import Band
 
@@ -42,6 +41,8 @@ def bandpass(x: np.ndarray, fps: float, band: Band) -> np.ndarray:
     Returns float array (T,), same unit, zero-phase filtered with a Butterworth band-pass whose
     edges are `band` widened by PASSBAND_WIDENING (upper edge kept below Nyquist).
     """
+    from scipy import signal  # 1.5 s to import; only the workers need it
+
     x = signal.detrend(np.asarray(x, dtype=float), type="linear")
     nyquist = fps / 2.0
     lo = band.lo_hz / PASSBAND_WIDENING

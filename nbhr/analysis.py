@@ -169,7 +169,7 @@ def results(
     return out
 
 
-def _pairs(
+def pairs(
     rows: list[WindowRow], level: str, filt: WindowFilter = NO_FILTER
 ) -> tuple[list[tuple[str, float, float]], int]:
     """(group key, estimate, reference) per data point of `level`, and how many points had a
@@ -205,10 +205,10 @@ def evaluate(
     overall and per group (per recording for window level, per subject otherwise), over the
     windows `filt` lets through."""
     rows = queries.window_rows(session, estimator=estimator, model_key=model_key)
-    return _evaluate_rows(session, rows, estimator, level, model_key, filt)
+    return evaluate_rows(session, rows, estimator, level, model_key, filt)
 
 
-def _evaluate_rows(
+def evaluate_rows(
     session: Session,
     rows: list[WindowRow],
     estimator: str,
@@ -216,7 +216,9 @@ def _evaluate_rows(
     model_key: str | None,
     filt: WindowFilter,
 ) -> dict[str, Any]:
-    pts, n_ref = _pairs(rows, level, filt)
+    """`evaluate` over the given windows (one estimator and model version of it), e.g. one
+    subject's."""
+    pts, n_ref = pairs(rows, level, filt)
     est = np.array([p[1] for p in pts], dtype=float)
     ref = np.array([p[2] for p in pts], dtype=float)
     overall = agreement(est, ref, n_total=n_ref)
@@ -264,11 +266,12 @@ def quality_sweep(
     level: str = "window",
     model_key: str | None = None,
     face_only: bool = False,
+    subject: str | None = None,
 ) -> list[dict[str, Any]]:
     """What a quality floor buys: coverage against error as --min-quality rises. One row per
     floor (none, then the SWEEP_QUANTILES of the estimator's window qualities, in dB): the
-    floor, n, coverage, MAE, RMSE and r at `level`."""
-    rows = queries.window_rows(session, estimator=estimator, model_key=model_key)
+    floor, n, coverage, MAE, RMSE and r at `level` (over one subject's windows if given)."""
+    rows = queries.window_rows(session, subject, estimator=estimator, model_key=model_key)
     qualities = [w.quality for w in rows if w.quality is not None and math.isfinite(w.quality)]
     floors: list[float | None] = [None]
     if qualities:
@@ -276,7 +279,7 @@ def quality_sweep(
     out = []
     for floor in floors:
         filt = WindowFilter(min_quality=floor, face_only=face_only)
-        ev = _evaluate_rows(session, rows, estimator, level, model_key, filt)["overall"]
+        ev = evaluate_rows(session, rows, estimator, level, model_key, filt)["overall"]
         out.append(
             {"min_quality": floor}
             | {k: ev[k] for k in ("n", "coverage", "mae", "rmse", "pearson_r")}

@@ -1133,6 +1133,65 @@ def plot(
     click.echo(f"wrote {out}")
 
 
+@main.command()
+@DB_OPTION
+@click.option("--subject", help="Only this subject's recordings.")
+@click.option(
+    "--estimator", "estimators", multiple=True, help="Repeat for several (default: all present)."
+)
+@filter_options
+@click.option(
+    "--level",
+    type=click.Choice(["window", "recording", "subject"]),
+    default="window",
+    show_default=True,
+    help="Points of the scatter and Bland-Altman plots (the tables show every level).",
+)
+@click.option(
+    "--max-plots",
+    type=click.IntRange(min=0),
+    default=100,
+    show_default=True,
+    help="Recordings drawn over time; the rest are listed with their figures in tables.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("report.html"),
+    show_default=True,
+)
+@click.option("--json", "as_json", is_flag=True, help="What was written, as one JSON object.")
+@friendly_errors
+def report(
+    db_url: str,
+    subject: str | None,
+    estimators: tuple[str, ...],
+    min_quality: float | None,
+    face_only: bool,
+    level: str,
+    max_plots: int,
+    out: Path,
+    as_json: bool,
+) -> None:
+    """One self-contained HTML report: overview and failures, estimators and model versions
+    side by side, a per-subject table, scatter and Bland-Altman plots, what quality floors buy,
+    and every recording's HR over time against the reference HR and SpO2."""
+    from nbhr import report as reporting
+
+    engine = open_db(db_url)
+    filt = _window_filter(min_quality, face_only)
+    with session_scope(engine) as s:
+        built = reporting.build_report(s, subject, estimators, filt, level, max_plots)
+    reporting.write_report(built, out)
+    if as_json:
+        click.echo(json.dumps({"out": str(out)} | built.summary))
+        return
+    click.echo(
+        f"wrote {out}: {built.summary['recordings']} recordings, "
+        f"{built.summary['subjects']} subjects, {len(built.summary['estimators'])} estimators"
+    )
+
+
 METRIC_LABELS = (
     ("n", "n"),
     ("coverage", "coverage"),

@@ -1,10 +1,12 @@
-"""Figures from SQL: one recording's heart rate over time against its reference vitals.
+"""Figures from SQL: a recording's heart rate over time against its reference vitals, and an
+estimator's agreement with the reference (scatter and Bland-Altman).
 
 matplotlib draws off-screen (Agg); nothing here needs a display.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -168,3 +170,64 @@ def save(fig: Any, out: Path, dpi: int = 100) -> None:
     """Write `fig` as PNG to `out` and free it."""
     fig.savefig(str(out), dpi=dpi, format="png")
     _pyplot().close(fig)
+
+
+def agreement_figure(est: np.ndarray, ref: np.ndarray, title: str, stats: dict[str, Any]) -> Any:
+    """A matplotlib Figure with two panels: estimate against reference (identity line, Pearson
+    r) and Bland-Altman (difference against mean, bias and 95 % limits of agreement).
+
+    est, ref: float arrays (N,), bpm; pairs with a nan are left out. stats: the overall
+    agreement of these pairs (model.metrics.agreement, as `nbhr evaluate --json` gives it), so
+    the figure states the same numbers as the tables.
+    """
+    ok = np.isfinite(est) & np.isfinite(ref)
+    est, ref = np.asarray(est, float)[ok], np.asarray(ref, float)[ok]
+    plt = _pyplot()
+    fig, (sc, ba) = plt.subplots(1, 2, figsize=(10, 4))
+    alpha = 0.6 if len(est) < 500 else 0.25
+    sc.scatter(ref, est, s=10, alpha=alpha, color="tab:blue")
+    if len(est):
+        lo = float(min(est.min(), ref.min())) - 5
+        hi = float(max(est.max(), ref.max())) + 5
+        sc.plot([lo, hi], [lo, hi], color="black", lw=1, label="identity")
+        sc.set_xlim(lo, hi)
+        sc.set_ylim(lo, hi)
+        sc.legend(fontsize=8, loc="upper left")
+    sc.set_xlabel("reference HR (bpm)")
+    sc.set_ylabel("estimated HR (bpm)")
+    sc.set_title(f"n = {stats['n']}, r = {_num(stats['pearson_r'])}", fontsize=9)
+    sc.grid(alpha=0.3)
+    mean, diff = (est + ref) / 2, est - ref
+    ba.scatter(mean, diff, s=10, alpha=alpha, color="tab:blue")
+    for key, style, name in (
+        ("ba_bias", "-", "bias"),
+        ("ba_loa_low", "--", "95 % limits"),
+        ("ba_loa_high", "--", None),
+    ):
+        if stats.get(key) is not None:
+            ba.axhline(stats[key], color="tab:red", ls=style, lw=1, label=name)
+    ba.set_xlabel("mean of estimate and reference (bpm)")
+    ba.set_ylabel("estimate - reference (bpm)")
+    ba.set_title(
+        f"bias {_num(stats['ba_bias'])}, limits {_num(stats['ba_loa_low'])} to "
+        f"{_num(stats['ba_loa_high'])} bpm",
+        fontsize=9,
+    )
+    ba.grid(alpha=0.3)
+    if len(est):
+        ba.legend(fontsize=8, loc="best")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def png_bytes(fig: Any, dpi: int = 80) -> bytes:
+    """`fig` as PNG bytes; the figure is freed."""
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format="png")
+    _pyplot().close(fig)
+    return buf.getvalue()

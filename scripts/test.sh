@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Install the project with its test and training extras (torch==2.13.0, CPU) into .venv and
-# run lint and the test suite.
+# Install the project with its test and training extras (torch==2.13.0, CPU) into .venv, and
+# Debian's chromium for the report test where apt-get can; then run lint and the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
+  && [ "$(id -u)" = 0 ]; then
+  echo "test.sh: installing Debian's chromium (the HTML report is rendered in it)"
+  apt-get install -y -q chromium >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
+fi
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[test,train]"
