@@ -225,6 +225,30 @@ class Window(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class BeatSeries(Base):
+    """Beat times an estimator's pulse signal gave in one segment: those in [t_start, t_end)
+    (the segment's span), seconds from the start of the video, float64 in `times_s`.
+
+    For the classical estimators the pulse is their windows' pulses overlap-added; for NBHRnet
+    (estimator `nbhrnet_ppg`) its PPG output on the 2-s grid. `n` is the number of beats.
+    """
+
+    __tablename__ = "beats"
+    __table_args__ = (UniqueConstraint("recording_id", "estimator", "model_key", "t_start"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    recording_id: Mapped[int] = mapped_column(ForeignKey("recordings.id", ondelete="CASCADE"))
+    segment_id: Mapped[int | None] = mapped_column(
+        ForeignKey("segments.id", ondelete="SET NULL"), index=True
+    )
+    estimator: Mapped[str] = mapped_column(String(32))
+    model_key: Mapped[str] = mapped_column(String(128), default="")
+    t_start: Mapped[float] = mapped_column(Float)
+    t_end: Mapped[float] = mapped_column(Float)
+    n: Mapped[int] = mapped_column(Integer)
+    times_s: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class Model(Base):
     """A registered NBHRnet ONNX file: windows name it by `key` (its SHA-256 prefix)."""
 

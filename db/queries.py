@@ -12,6 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from db.models import (
+    BeatSeries,
     Job,
     Model,
     Recording,
@@ -231,11 +232,25 @@ def finish_segment(
 def upsert_windows(session: Session, rows: list[dict[str, Any]]) -> None:
     """Insert windows; a window already there (same recording, estimator, model, start) is
     overwritten, so a segment that runs twice leaves one row per window."""
+    _upsert(session, Window, rows)
+
+
+def upsert_beats(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Insert beat series (BeatSeries columns; `times_s` a float array of seconds); a series
+    already there for the same recording, estimator, model and segment start is replaced."""
+    _upsert(
+        session,
+        BeatSeries,
+        [r | {"times_s": np.asarray(r["times_s"], "<f8").tobytes()} for r in rows],
+    )
+
+
+def _upsert(session: Session, table: type[Window] | type[BeatSeries], rows: list[dict]) -> None:
     if not rows:
         return
     dialect = session.get_bind().dialect.name
     insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
-    stmt = insert(Window)
+    stmt = insert(table)
     keys = ["recording_id", "estimator", "model_key", "t_start"]
     updated = [k for k in rows[0] if k not in keys]
     stmt = stmt.on_conflict_do_update(
@@ -529,6 +544,54 @@ def window_rows(
     if model_key is not None:
         q = q.where(Window.model_key == model_key)
     return [WindowRow(*row) for row in session.execute(q)]
+
+
+@dataclass(frozen=True)
+class BeatRow:
+    """Every beat one estimator (one model version of it) found in one recording."""
+
+    subject: str
+    recording: str
+    recording_id: int
+    estimator: str
+    model_key: str
+    times_s: np.ndarray  # float (B,), seconds, increasing
+
+
+def beat_rows(
+    session: Session,
+    subject: str | None = None,
+    recording: str | None = None,
+    estimator: str | None = None,
+) -> list[BeatRow]:
+    """Beat series joined per recording, estimator and model, in time order; `recording`
+    matches the path's end as in window_rows."""
+    q = (
+        select(
+            Subject.key,
+            Recording.path,
+            Recording.id,
+            BeatSeries.estimator,
+            BeatSeries.model_key,
+            BeatSeries.times_s,
+        )
+        .join(Recording, Recording.id == BeatSeries.recording_id)
+        .join(Subject, Subject.id == Recording.subject_id)
+        .order_by(
+            Subject.key, Recording.path, BeatSeries.estimator, BeatSeries.model_key,
+            BeatSeries.t_start,
+        )
+    )  # fmt: skip
+    if subject is not None:
+        q = q.where(Subject.key == subject)
+    if recording is not None:
+        q = q.where(or_(Recording.path == recording, Recording.path.like(f"%/{recording}")))
+    if estimator is not None:
+        q = q.where(BeatSeries.estimator == estimator)
+    grouped: dict[tuple, list[np.ndarray]] = {}
+    for subj, path, rid, est, key, blob in session.execute(q):
+        grouped.setdefault((subj, path, rid, est, key), []).append(np.frombuffer(blob, "<f8"))
+    return [BeatRow(*head, np.unique(np.concatenate(parts))) for head, parts in grouped.items()]
 
 
 def recordings_with_reference(session: Session) -> list[tuple[int, str, str]]:

@@ -57,13 +57,19 @@ class RGBEstimator(ABC):
         Returns an Estimate; NOT_ESTIMABLE if more than MAX_NAN_FRACTION of the rows are nan
         or a colour channel is black (mean below MIN_CHANNEL_LEVEL).
         """
+        return self.analyse(rgb, fps)[0]
+
+    def analyse(self, rgb: np.ndarray, fps: float) -> tuple[Estimate, np.ndarray | None]:
+        """`estimate` and the window's pulse before its final band-pass (float (T,), for timing
+        beats, model.hrv), or None when the window is not estimable."""
         rgb = _check_rgb(rgb)
         if np.isnan(rgb).any(axis=1).mean() > MAX_NAN_FRACTION:
-            return NOT_ESTIMABLE
+            return NOT_ESTIMABLE, None
         if np.nanmean(rgb, axis=0).min() < MIN_CHANNEL_LEVEL:
-            return NOT_ESTIMABLE
-        peak = spectral_hr(self.pulse(rgb, fps), fps, self.band)
-        return Estimate(peak.hr_bpm, peak.snr_db)
+            return NOT_ESTIMABLE, None
+        raw = self._raw_pulse(_fill_gaps(rgb), fps)
+        peak = spectral_hr(bandpass(raw, fps, self.band), fps, self.band)
+        return Estimate(peak.hr_bpm, peak.snr_db), raw
 
     def pulse(self, rgb: np.ndarray, fps: float) -> np.ndarray:
         """Band-passed pulse signal of one window.

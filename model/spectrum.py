@@ -34,10 +34,12 @@ class SpectralPeak:
     snr_db: float
 
 
-def bandpass(x: np.ndarray, fps: float, band: Band) -> np.ndarray:
+def bandpass(x: np.ndarray, fps: float, band: Band, harmonics: int = 1) -> np.ndarray:
     """Detrend and band-pass a signal around a heart-rate band.
 
     x: float array (T,), any unit, sampled at fps (Hz).
+    harmonics: the upper edge is the band's upper edge times this (1 keeps the fundamental
+        only, for rate estimation; 3 keeps the beat's shape, for timing beats).
     Returns float array (T,), same unit, zero-phase filtered with a Butterworth band-pass whose
     edges are `band` widened by PASSBAND_WIDENING (upper edge kept below Nyquist).
     """
@@ -46,7 +48,7 @@ def bandpass(x: np.ndarray, fps: float, band: Band) -> np.ndarray:
     x = signal.detrend(np.asarray(x, dtype=float), type="linear")
     nyquist = fps / 2.0
     lo = band.lo_hz / PASSBAND_WIDENING
-    hi = min(band.hi_hz * PASSBAND_WIDENING, 0.95 * nyquist)
+    hi = min(band.hi_hz * harmonics * PASSBAND_WIDENING, 0.95 * nyquist)
     if lo >= hi:
         raise ValueError(f"band {band} bpm does not fit below the Nyquist rate of {fps:g} fps")
     sos = signal.butter(BUTTER_ORDER, [lo, hi], btype="bandpass", fs=fps, output="sos")

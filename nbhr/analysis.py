@@ -17,6 +17,9 @@ from sqlalchemy.orm import Session
 from db import queries
 from db.queries import WindowRow
 from model.aggregate import aggregate_hr
+from model.bands import Band
+from model.hrv import clean_intervals, detect_beats
+from model.hrv import hrv as model_hrv
 from model.metrics import agreement
 from model.rhythm import NEONATAL_BRADY_BPM, NEONATAL_TACHY_BPM, episodes
 
@@ -347,3 +350,59 @@ def rhythm(
             }
         out.append(entry)
     return out
+
+
+def hrv(
+    session: Session,
+    band: Band,
+    subject: str | None = None,
+    recording: str | None = None,
+    estimator: str | None = None,
+    intervals: bool = False,
+) -> list[dict[str, Any]]:
+    """Per recording and estimator (and model): heart-rate variability of the beats the workers
+    found in its pulse (model.hrv: cleaned intervals, SDNN, RMSSD), beside the same figures
+    from the reference PPG's beats over the same stretch of time (from the first to the last
+    estimated beat), where the recording has a reference PPG. `band` bounds plausible
+    intervals. With `intervals`, the kept beat intervals themselves (time of the beat that
+    ends each, in s, and its length in ms)."""
+    labels = queries.model_labels(session)
+    ref_beats: dict[int, np.ndarray | None] = {}
+    out = []
+    for b in queries.beat_rows(session, subject, recording, estimator):
+        if b.recording_id not in ref_beats:
+            ref_beats[b.recording_id] = _reference_beats(session, b.recording_id, band)
+        ref = ref_beats[b.recording_id]
+        if ref is not None and len(b.times_s):
+            ref = ref[(ref >= b.times_s[0] - 1e-6) & (ref <= b.times_s[-1] + 1e-6)]
+        entry: dict[str, Any] = {
+            "subject": b.subject,
+            "recording": b.recording,
+            "estimator": b.estimator,
+            "model": labels.get(b.model_key, b.model_key) if b.model_key else None,
+            "band_bpm": [band.lo_bpm, band.hi_bpm],
+            "estimate": _hrv_entry(b.times_s, band, intervals),
+            "reference": None if ref is None else _hrv_entry(ref, band, intervals),
+        }
+        out.append(entry)
+    return out
+
+
+def _reference_beats(session: Session, recording_id: int, band: Band) -> np.ndarray | None:
+    """Beat times (s) of a recording's reference PPG, by the same detector as the video's."""
+    ppg = queries.load_references(session, recording_id).get("ppg")
+    if ppg is None or ppg.sample_rate_hz is None or len(ppg.values) < 4:
+        return None
+    return detect_beats(ppg.values, ppg.sample_rate_hz, band, t0_s=ppg.t0_s)
+
+
+def _hrv_entry(beats: np.ndarray, band: Band, intervals: bool) -> dict[str, Any]:
+    found = model_hrv(beats, band).as_dict()
+    stats = {k: _clean(v) if isinstance(v, float) else v for k, v in found.items()}
+    if intervals and len(beats) > 1:
+        ibi, kept = clean_intervals(beats, band)
+        stats["intervals"] = [
+            {"t_s": round(float(t), 4), "ibi_ms": round(1000.0 * float(v), 2)}
+            for t, v in zip(beats[1:][kept], ibi[kept], strict=True)
+        ]
+    return stats

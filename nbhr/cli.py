@@ -957,6 +957,15 @@ def select_options(fn: Callable) -> Callable:
     return fn
 
 
+def _band(population: str, hr_range: str | None) -> Any:
+    from model.bands import Band
+
+    try:
+        return Band.parse(hr_range) if hr_range else Band.for_population(population)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 def _window_filter(min_quality: float | None, face_only: bool) -> Any:
     from nbhr.analysis import WindowFilter
 
@@ -1092,6 +1101,66 @@ def rhythm(
 
 @main.command()
 @DB_OPTION
+@select_options
+@click.option(
+    "--population",
+    type=click.Choice(["neonate", "adult"]),
+    default="neonate",
+    show_default=True,
+    help="Plausible beat intervals: 80-240 or 40-180 bpm.",
+)
+@click.option("--hr-range", help="Plausible HR band LO-HI in bpm; overrides --population.")
+@click.option("--intervals", is_flag=True, help="With --json: the kept beat intervals themselves.")
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def hrv(
+    db_url: str,
+    subject: str | None,
+    recording: str | None,
+    estimator: str | None,
+    population: str,
+    hr_range: str | None,
+    intervals: bool,
+    as_json: bool,
+) -> None:
+    """Heart-rate variability per recording: beats found in each estimator's pulse signal
+    (NBHRnet: its PPG output, as nbhrnet_ppg), cleaned intervals, SDNN and RMSSD, beside the
+    same from the reference PPG over the same stretch of time."""
+    from nbhr import analysis
+
+    band = _band(population, hr_range)
+    engine = open_db(db_url)
+    with session_scope(engine) as s:
+        rows = analysis.hrv(s, band, subject, recording, estimator, intervals)
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    table = []
+    for r in rows:
+        est, ref = r["estimate"], r["reference"] or {}
+        table.append(
+            {
+                "recording": r["recording"],
+                "estimator": r["estimator"] + (f" ({r['model']})" if r["model"] else ""),
+                "beats": est["n_beats"],
+                "rejected": est["n_rejected"],
+                "hr_bpm": est["hr_bpm"],
+                "sdnn_ms": est["sdnn_ms"],
+                "rmssd_ms": est["rmssd_ms"],
+                "ref_hr_bpm": ref.get("hr_bpm"),
+                "ref_sdnn_ms": ref.get("sdnn_ms"),
+                "ref_rmssd_ms": ref.get("rmssd_ms"),
+            }
+        )
+    if not table:
+        click.echo("no beats in the database yet: run `nbhr run DIR` first")
+        return
+    click.echo(f"beat intervals kept within {band} bpm and 20 % of their neighbours' median")
+    emit_rows(table, "table")
+
+
+@main.command()
+@DB_OPTION
 @click.argument("recording")
 @click.option(
     "--out",
@@ -1155,6 +1224,14 @@ def plot(
     help="Recordings drawn over time; the rest are listed with their figures in tables.",
 )
 @click.option(
+    "--population",
+    type=click.Choice(["neonate", "adult"]),
+    default="neonate",
+    show_default=True,
+    help="Plausible beat intervals for the HRV columns: 80-240 or 40-180 bpm.",
+)
+@click.option("--hr-range", help="Plausible HR band LO-HI in bpm; overrides --population.")
+@click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=Path("report.html"),
@@ -1170,6 +1247,8 @@ def report(
     face_only: bool,
     level: str,
     max_plots: int,
+    population: str,
+    hr_range: str | None,
     out: Path,
     as_json: bool,
 ) -> None:
@@ -1178,10 +1257,11 @@ def report(
     and every recording's HR over time against the reference HR and SpO2."""
     from nbhr import report as reporting
 
+    band = _band(population, hr_range)
     engine = open_db(db_url)
     filt = _window_filter(min_quality, face_only)
     with session_scope(engine) as s:
-        built = reporting.build_report(s, subject, estimators, filt, level, max_plots)
+        built = reporting.build_report(s, subject, estimators, filt, level, max_plots, band)
     reporting.write_report(built, out)
     if as_json:
         click.echo(json.dumps({"out": str(out)} | built.summary))

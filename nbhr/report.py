@@ -16,6 +16,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from db import queries
+from model.bands import Band
 from nbhr import analysis, plots
 from nbhr.analysis import LEVELS, NO_FILTER, WindowFilter
 
@@ -66,11 +67,14 @@ def build_report(
     filt: WindowFilter = NO_FILTER,
     level: str = "window",
     max_plots: int = DEFAULT_MAX_PLOTS,
+    band: Band | None = None,
     title: str = "nbhr report",
 ) -> Report:
     """The report over every recording (of `subject`) and every estimator present (or those in
     `estimators`), each model version of an estimator on its own. Its numbers are those of
-    `nbhr evaluate --json` with the same filter; the agreement figures plot `level`'s points."""
+    `nbhr evaluate --json` with the same filter; the agreement figures plot `level`'s points.
+    `band` (default: neonatal) bounds plausible beat intervals for the HRV columns."""
+    band = band or Band.for_population("neonate")
     recs = queries.recording_rows(session, subject)
     pairs = [
         (e, k) for e, k in queries.estimators_present(session) if not estimators or e in estimators
@@ -96,6 +100,10 @@ def build_report(
     rhythm = {
         (r["recording"], r["estimator"], r["model"]): r
         for r in analysis.rhythm(session, subject, filt=filt)
+    }
+    hrv = {
+        (r["recording"], r["estimator"], r["model"]): r
+        for r in analysis.hrv(session, band, subject)
     }
 
     parts = [
@@ -131,7 +139,7 @@ def build_report(
     parts.append("<h2>Recordings</h2>")
     drawn = 0
     for rec in recs:
-        parts.append(_recording(session, rec, by_rec.get(rec.path, []), rhythm))
+        parts.append(_recording(session, rec, by_rec.get(rec.path, []), rhythm, hrv))
         if rec.path in by_rec and drawn < max_plots:
             fig = plots.recording_figure(session, rec.path, estimators, filt.min_quality)
             parts.append(_img(plots.png_bytes(fig), f"HR over time, {rec.path}"))
@@ -250,6 +258,7 @@ def _recording(
     rec: queries.RecordingRow,
     results: list[dict[str, Any]],
     rhythm: dict[tuple[str, str, str | None], dict[str, Any]],
+    hrv: dict[tuple[str, str, str | None], dict[str, Any]],
 ) -> str:
     dur = f", {rec.duration_s:.1f} s" if rec.duration_s else ""
     out = f"<h3>{_e(rec.subject)}: {_e(rec.path)}</h3>"
@@ -270,6 +279,8 @@ def _recording(
         ep = rhythm.get((r["recording"], r["estimator"], r["model"]), {}).get("estimate", {})
         if not ep.get("n_windows_with_hr"):
             ep = {}
+        beats = hrv.get((r["recording"], r["estimator"], r["model"]), {})
+        est_hrv, ref_hrv = beats.get("estimate") or {}, beats.get("reference") or {}
         err = (
             abs(r["hr_bpm"] - r["ref_hr_bpm"])
             if r["hr_bpm"] is not None and r["ref_hr_bpm"] is not None
@@ -286,6 +297,10 @@ def _recording(
                 "coverage": r["coverage"],
                 "brady s": ep.get("bradycardia_s"),
                 "tachy s": ep.get("tachycardia_s"),
+                "SDNN ms": est_hrv.get("sdnn_ms"),
+                "RMSSD ms": est_hrv.get("rmssd_ms"),
+                "ref SDNN": ref_hrv.get("sdnn_ms"),
+                "ref RMSSD": ref_hrv.get("rmssd_ms"),
             }
         )
     if rows:

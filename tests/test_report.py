@@ -138,6 +138,13 @@ def test_report_renders_in_chromium_with_evaluates_numbers(
     for g in groups:
         row = next(r for r in subj[1:] if r[:2] == [g["key"], "pos"])
         assert row[col] == _fmt(g["mae"])
+    # Each recording's table has its HRV beside the reference PPG's (model.hrv).
+    rec_tables = [rows for _, rows in page.tables if rows and "RMSSD ms" in rows[0]]
+    assert len(rec_tables) == 3
+    hrv = nbhr_json("hrv", "--db", db_url, "--json", "--estimator", "pos")
+    sdnn = {_fmt(r["estimate"]["sdnn_ms"]) for r in hrv}
+    col = rec_tables[0][0].index("SDNN ms")
+    assert {r[col] for t in rec_tables for r in t[1:] if r[0] == "pos"} == sdnn
     # The failure and its reason are in the overview.
     assert "no face found" in dom
     # Figures: one agreement figure per estimator and one HR-over-time figure per recording,

@@ -25,6 +25,7 @@ from db import queries
 from db.engine import session_scope
 from db.models import SegmentState
 from model.classical import make_estimator
+from model.hrv import PulseTrack
 from model.nbhrnet import FEATURE_SIZE, NBHRNetRunner, normalise_window, stitched_ppg_hr
 from model.reference import ppg_target, reference_hr
 from model.spectrum import spectral_hr
@@ -214,7 +215,7 @@ def process_segment(engine: Engine, segment_id: int, worker: str | None = None) 
         )
     try:
         check_readable(Path(claimed.path))
-        rows, video_s, note = _compute_windows(engine, claimed, worker)
+        rows, beats, video_s, note = _compute_windows(engine, claimed, worker)
     except VideoError as exc:
         return _fail(engine, segment_id, worker, str(exc))
     except DBAPIError:
@@ -223,6 +224,7 @@ def process_segment(engine: Engine, segment_id: int, worker: str | None = None) 
         return _fail(engine, segment_id, worker, f"{type(exc).__name__}: {exc}")
     with session_scope(engine) as s:
         queries.upsert_windows(s, rows)
+        queries.upsert_beats(s, beats)
         queries.finish_segment(
             s, segment_id, worker, SegmentState.done, n_windows=len(rows), video_s=video_s
         )
@@ -255,7 +257,9 @@ def _fail(engine: Engine, segment_id: int, worker: str, reason: str) -> SegmentO
 
 def _compute_windows(
     engine: Engine, seg: queries.ClaimedSegment, worker: str
-) -> tuple[list[dict], float, str | None]:
+) -> tuple[list[dict], list[dict], float, str | None]:
+    """The segment's windows and beat series (rows for queries.upsert_windows / upsert_beats),
+    the video seconds read, and a note on the recording (a truncated file) or None."""
     opts = ProcessingOptions.from_json(seg.options)
     plan = WindowGrid.for_video(seg.fps, seg.n_frames, opts, opts.plan_window_s)
     grid = WindowGrid.for_video(seg.fps, seg.n_frames, opts)  # the classical windows
@@ -295,6 +299,7 @@ def _compute_windows(
         if n_read == 0:
             raise VideoError(f"no frame could be decoded from {seg.t_start:.1f} s on (truncated?)")
     estimators = [make_estimator(n, opts.band) for n in classical]
+    tracks = {est.name: PulseTrack(first, n_read, seg.fps) for est in estimators}
     rows: list[dict] = []
     for k in spans if classical else ():
         a, b = grid.frames(k)
@@ -309,7 +314,9 @@ def _compute_windows(
         for est in estimators:
             hr, quality = None, None
             if has_face:
-                e = est.estimate(rgb, seg.fps)
+                e, raw = est.analyse(rgb, seg.fps)
+                if raw is not None:
+                    tracks[est.name].add(a, raw)
                 if np.isfinite(e.hr_bpm):
                     hr, quality = float(e.hr_bpm), float(e.quality)
             rows.append(
@@ -328,11 +335,32 @@ def _compute_windows(
                     "ppg_r": None,
                 }
             )
+    beats = [
+        _beat_row(seg, name, "", track.beats(opts.band, seg.t_start, seg.t_end))
+        for name, track in tracks.items()
+    ]
     if crops is not None:
         span_s = [(a / seg.fps, b / seg.fps) for a, b in map(grid.frames, spans)]
-        rows += _nbhrnet_rows(seg, opts, crops, first / seg.fps, span_s)
+        net_rows, net_beats = _nbhrnet_rows(seg, opts, crops, first / seg.fps, span_s)
+        rows += net_rows
+        beats.append(_beat_row(seg, NBHRNET_PPG, opts.model_key, net_beats))
     video_s = n_read / seg.fps
-    return rows, video_s, note
+    return rows, beats, video_s, note
+
+
+def _beat_row(
+    seg: queries.ClaimedSegment, estimator: str, model_key: str, times: np.ndarray
+) -> dict:
+    return {
+        "recording_id": seg.recording_id,
+        "segment_id": seg.segment_id,
+        "estimator": estimator,
+        "model_key": model_key,
+        "t_start": round(seg.t_start, 6),
+        "t_end": round(seg.t_end, 6),
+        "n": len(times),
+        "times_s": times,
+    }
 
 
 def _nbhrnet_rows(
@@ -341,12 +369,13 @@ def _nbhrnet_rows(
     crops: list[np.ndarray | None],
     crops_start_s: float,
     spans: list[tuple[float, float]],
-) -> list[dict]:
+) -> tuple[list[dict], np.ndarray]:
     """NBHRnet's 2-s windows (60 crops at 30 fps, every opts.nbhrnet_hop_s) that start in the
     segment, and its second estimate over each (start, end) span in `spans`: the HR of its PPG
     output stitched over the span (`model.nbhrnet.stitched_ppg_hr`, from the windows on the
     2-s grid). `crops` start at `crops_start_s` (the segment's start) and may run past the
-    segment's end, to cover the last span."""
+    segment's end, to cover the last span. Also returns the beat times (s) in the segment of
+    its PPG output on the 2-s grid, the windows joined end to end."""
     runner = nbhrnet_runner(
         opts.model_path, opts.model_sha256, opts.nbhrnet_precision, opts.model_int8_sha256
     )
@@ -357,6 +386,12 @@ def _nbhrnet_rows(
     else:
         windows = _whole_windows(runner, crops, seg.fps)
     chunks: list[tuple[float, np.ndarray | None]] = []  # (start s, PPG or None without a face)
+    track = PulseTrack(
+        round(crops_start_s * MODEL_FPS),
+        int(round(len(crops) / seg.fps * MODEL_FPS)),
+        MODEL_FPS,
+        taper_s=0.0,
+    )
     rows = []
     for first, value, wave in windows:
         start = crops_start_s + first / MODEL_FPS
@@ -367,6 +402,8 @@ def _nbhrnet_rows(
             r = _ppg_r(wave, seg.references, start)
         if first % WINDOW_FRAMES == 0:
             chunks.append((start, wave))
+            if wave is not None:
+                track.add(round(start * MODEL_FPS), wave)
         if start >= seg.t_end - 1e-9:
             continue  # decoded only for a span; the next segment writes this window
         has_face = value is not None
@@ -381,7 +418,7 @@ def _nbhrnet_rows(
         if has_face:
             value, quality = stitched_ppg_hr(inside, MODEL_FPS, opts.band)
         rows.append(_nbhrnet_row(seg, opts, NBHRNET_PPG, t0, t1, value, quality, has_face))
-    return rows
+    return rows, track.beats(opts.band, seg.t_start, seg.t_end)
 
 
 # (first 30-fps frame of the window, HR in bpm, PPG (60,)); HR and PPG None without a face.
