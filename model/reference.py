@@ -11,6 +11,8 @@ from model.spectrum import spectral_hr
 
 # Pulse oximeters write 0 or out-of-range values while the probe is off or searching.
 PLAUSIBLE_HR = (20.0, 320.0)
+PLAUSIBLE_SPO2 = (50.0, 100.0)
+PLAUSIBLE = {"hr": PLAUSIBLE_HR, "spo2": PLAUSIBLE_SPO2}
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,9 @@ class ReferenceSeries:
         if self.is_mean:
             return float(self.values[0])
         _, v = self.span(t0, t1)
-        if self.kind == "hr":
-            v = v[(v >= PLAUSIBLE_HR[0]) & (v <= PLAUSIBLE_HR[1])]
+        if self.kind in PLAUSIBLE:
+            lo, hi = PLAUSIBLE[self.kind]
+            v = v[(v >= lo) & (v <= hi)]
         v = v[np.isfinite(v)]
         # Demand half the window to be covered so that edge windows are not judged on a sliver.
         rate = self.sample_rate_hz or _median_rate(self.times())

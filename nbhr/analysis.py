@@ -136,6 +136,7 @@ def results(
         r if not r.model_key else replace(r, model_key=labels.get(r.model_key, r.model_key))
         for r in rows
     ]
+    spo2 = _Spo2(session)
     if level == "window":
         return [
             {
@@ -149,6 +150,7 @@ def results(
                 "quality": _clean(w.quality),
                 "face_found": w.face_found,
                 "ref_hr_bpm": _clean(w.ref_hr_bpm),
+                "ref_spo2_pct": _clean(spo2.window(w)),
                 "ppg_r": _clean(w.ppg_r),
             }
             for w in rows
@@ -168,8 +170,34 @@ def results(
         summary = (
             _summarise(group, filt) if level == "recording" else _summarise_subject(group, filt)
         )
+        summary["ref_spo2_pct"] = _clean(spo2.median(group))
         out.append(head | summary)
     return out
+
+
+class _Spo2:
+    """The reference SpO2 (%) over windows, from each recording's stored series (read once)."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._series: dict[int, Any] = {}
+        self._memo: dict[tuple[int, float, float], float | None] = {}
+
+    def window(self, w: WindowRow) -> float | None:
+        """Mean plausible SpO2 over the window; None without a reference covering it."""
+        key = (w.recording_id, w.t_start, w.t_end)
+        if key not in self._memo:
+            if w.recording_id not in self._series:
+                refs = queries.load_references(self._session, w.recording_id)
+                self._series[w.recording_id] = refs.get("spo2")
+            series = self._series[w.recording_id]
+            self._memo[key] = series.window_mean(w.t_start, w.t_end) if series else None
+        return self._memo[key]
+
+    def median(self, rows: list[WindowRow]) -> float | None:
+        """Median over the windows' SpO2 (a subject's: over all its recordings' windows)."""
+        values = [v for v in map(self.window, rows) if v is not None]
+        return _median(values)
 
 
 def pairs(

@@ -128,3 +128,26 @@ def test_quality_floor_and_face_only_trade_coverage_for_error(processed: str) ->
     assert sweep["sweep"][0]["mae"] == pytest.approx(base["overall"]["mae"])
     text = nbhr("evaluate", "--db", url, "--estimator", "pos", "--quality-sweep").stdout
     assert "quality floor" in text and "coverage" in text
+
+
+def test_reference_spo2_is_shown_next_to_hr(processed: str, demo_archive: Path) -> None:
+    """Each window carries the mean of the pulse oximeter's SpO2 over its span, as in the
+    recording's NBHR PPG file (PPG, HR, SpO2 at 60 Hz), and each recording the median."""
+    url = processed
+    windows = nbhr_json("results", "--db", url, "--estimator", "pos", "--format", "json")
+    by_rec: dict[str, list] = {}
+    for w in windows:
+        by_rec.setdefault(w["recording"], []).append(w)
+    for path, ws in by_rec.items():
+        csv = demo_archive / "PPG" / (Path(path).stem + ".csv")
+        spo2 = np.loadtxt(csv, delimiter=",")[:, 2]
+        t = np.arange(len(spo2)) / 60.0
+        for w in ws:
+            inside = (t >= w["t_start"]) & (t < w["t_end"])
+            assert w["ref_spo2_pct"] == pytest.approx(spo2[inside].mean(), abs=1e-3)
+    recs = nbhr_json(
+        "results", "--db", url, "--estimator", "pos", "--level", "recording", "--format", "json"
+    )
+    for r in recs:
+        values = [w["ref_spo2_pct"] for w in by_rec[r["recording"]]]
+        assert r["ref_spo2_pct"] == pytest.approx(float(np.median(values)), abs=1e-3)

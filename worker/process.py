@@ -49,6 +49,8 @@ LEASE_S = float(os.environ.get("NBHR_LEASE_S", "120"))
 MAX_ATTEMPTS = int(os.environ.get("NBHR_MAX_ATTEMPTS", "3"))
 NBHRNET_BATCH = 2
 RENEW_EVERY_S = min(30.0, LEASE_S / 4)
+# How far past a segment's span its beats are taken from its own pulse (see _compute_windows).
+BEAT_LEAD_S = 2.0
 # A window counts as having a face when the face was tracked in at least this share of frames.
 MIN_FACE_FRACTION = 0.8
 
@@ -335,21 +337,29 @@ def _compute_windows(
                     "ppg_r": None,
                 }
             )
+    # A segment's pulse is unreliable near its first frame (one tapered window covers it) and
+    # runs on past its span (its last windows end window - hop later). So it owns the beats of
+    # its span moved `lead` later: the first segment from the video's start, the last up to
+    # its end. Neighbours share the boundary, so no beat is lost or stored twice.
+    lead = min(BEAT_LEAD_S, max(0.0, opts.window_s - opts.hop_s) / 2)
+    beats_from = seg.t_start + lead if seg.t_start > 0 else 0.0
+    beats_to = seg.t_end + lead if k1 < plan.n_windows else seg.n_frames / seg.fps
     beats = [
-        _beat_row(seg, name, "", track.beats(opts.band, seg.t_start, seg.t_end))
+        _beat_row(seg, name, "", track.beats(opts.band, beats_from, beats_to), beats_to)
         for name, track in tracks.items()
     ]
     if crops is not None:
         span_s = [(a / seg.fps, b / seg.fps) for a, b in map(grid.frames, spans)]
-        net_rows, net_beats = _nbhrnet_rows(seg, opts, crops, first / seg.fps, span_s)
+        net_rows, track = _nbhrnet_rows(seg, opts, crops, first / seg.fps, span_s)
         rows += net_rows
-        beats.append(_beat_row(seg, NBHRNET_PPG, opts.model_key, net_beats))
+        net_beats = track.beats(opts.band, beats_from, beats_to)
+        beats.append(_beat_row(seg, NBHRNET_PPG, opts.model_key, net_beats, beats_to))
     video_s = n_read / seg.fps
     return rows, beats, video_s, note
 
 
 def _beat_row(
-    seg: queries.ClaimedSegment, estimator: str, model_key: str, times: np.ndarray
+    seg: queries.ClaimedSegment, estimator: str, model_key: str, times: np.ndarray, to_s: float
 ) -> dict:
     return {
         "recording_id": seg.recording_id,
@@ -357,7 +367,7 @@ def _beat_row(
         "estimator": estimator,
         "model_key": model_key,
         "t_start": round(seg.t_start, 6),
-        "t_end": round(seg.t_end, 6),
+        "t_end": round(to_s, 6),
         "n": len(times),
         "times_s": times,
     }
@@ -369,13 +379,13 @@ def _nbhrnet_rows(
     crops: list[np.ndarray | None],
     crops_start_s: float,
     spans: list[tuple[float, float]],
-) -> tuple[list[dict], np.ndarray]:
+) -> tuple[list[dict], PulseTrack]:
     """NBHRnet's 2-s windows (60 crops at 30 fps, every opts.nbhrnet_hop_s) that start in the
     segment, and its second estimate over each (start, end) span in `spans`: the HR of its PPG
     output stitched over the span (`model.nbhrnet.stitched_ppg_hr`, from the windows on the
     2-s grid). `crops` start at `crops_start_s` (the segment's start) and may run past the
-    segment's end, to cover the last span. Also returns the beat times (s) in the segment of
-    its PPG output on the 2-s grid, the windows joined end to end."""
+    segment's end, to cover the last span. Also returns its PPG output on the 2-s grid, the
+    windows joined end to end, as a PulseTrack to find beats in."""
     runner = nbhrnet_runner(
         opts.model_path, opts.model_sha256, opts.nbhrnet_precision, opts.model_int8_sha256
     )
@@ -418,7 +428,7 @@ def _nbhrnet_rows(
         if has_face:
             value, quality = stitched_ppg_hr(inside, MODEL_FPS, opts.band)
         rows.append(_nbhrnet_row(seg, opts, NBHRNET_PPG, t0, t1, value, quality, has_face))
-    return rows, track.beats(opts.band, seg.t_start, seg.t_end)
+    return rows, track
 
 
 # (first 30-fps frame of the window, HR in bpm, PPG (60,)); HR and PPG None without a face.
