@@ -1219,9 +1219,8 @@ def plot(
 @click.option(
     "--max-plots",
     type=click.IntRange(min=0),
-    default=100,
-    show_default=True,
-    help="Recordings drawn over time; the rest are listed with their figures in tables.",
+    help="Draw at most this many recordings over time (default: every one; a figure is about "
+    "40 kB); the rest are still listed with their tables.",
 )
 @click.option(
     "--population",
@@ -1246,7 +1245,7 @@ def report(
     min_quality: float | None,
     face_only: bool,
     level: str,
-    max_plots: int,
+    max_plots: int | None,
     population: str,
     hr_range: str | None,
     out: Path,

@@ -20,10 +20,6 @@ from model.bands import Band
 from nbhr import analysis, plots
 from nbhr.analysis import LEVELS, NO_FILTER, WindowFilter
 
-# Recordings drawn by default; a large archive's report would otherwise run to gigabytes
-# (a figure is about 40 kB) and take minutes. The rest are listed with their figures.
-DEFAULT_MAX_PLOTS = 100
-
 # Columns of the estimator comparison: (level, metric key, heading).
 COMPARISON = (
     ("window", "n", "windows"),
@@ -66,14 +62,16 @@ def build_report(
     estimators: tuple[str, ...] = (),
     filt: WindowFilter = NO_FILTER,
     level: str = "window",
-    max_plots: int = DEFAULT_MAX_PLOTS,
+    max_plots: int | None = None,
     band: Band | None = None,
     title: str = "nbhr report",
 ) -> Report:
     """The report over every recording (of `subject`) and every estimator present (or those in
     `estimators`), each model version of an estimator on its own. Its numbers are those of
     `nbhr evaluate --json` with the same filter; the agreement figures plot `level`'s points.
-    `band` (default: neonatal) bounds plausible beat intervals for the HRV columns."""
+    `band` (default: neonatal) bounds plausible beat intervals for the HRV columns. Every
+    recording with windows gets its HR-over-time figure (about 40 kB each) unless `max_plots`
+    caps them."""
     band = band or Band.for_population("neonate")
     recs = queries.recording_rows(session, subject)
     pairs = [
@@ -115,7 +113,7 @@ def build_report(
             "shares 0-1. The numbers are those of <code>nbhr evaluate --json</code> with the "
             "same filter."
         ),
-        _overview(recs, by_rec),
+        _overview(recs, by_rec, {names[k]: evals[k]["window"]["overall"] for k in pairs}),
         "<h2>Estimators and model versions side by side</h2>",
         _comparison(pairs, names, evals),
         "<h2>Per subject</h2>",
@@ -140,7 +138,7 @@ def build_report(
     drawn = 0
     for rec in recs:
         parts.append(_recording(session, rec, by_rec.get(rec.path, []), rhythm, hrv))
-        if rec.path in by_rec and drawn < max_plots:
+        if rec.path in by_rec and (max_plots is None or drawn < max_plots):
             fig = plots.recording_figure(session, rec.path, estimators, filt.min_quality)
             parts.append(_img(plots.png_bytes(fig), f"HR over time, {rec.path}"))
             drawn += 1
@@ -173,7 +171,9 @@ def write_report(report: Report, out: Path) -> None:
     out.write_text(report.html, encoding="utf-8")
 
 
-def _overview(recs: list[queries.RecordingRow], by_rec: dict[str, list]) -> str:
+def _overview(
+    recs: list[queries.RecordingRow], by_rec: dict[str, list], windows: dict[str, dict]
+) -> str:
     states: dict[str, int] = defaultdict(int)
     for r in recs:
         states[r.status] += 1
@@ -186,6 +186,7 @@ def _overview(recs: list[queries.RecordingRow], by_rec: dict[str, list]) -> str:
         {"": "recordings with results", "value": sum(1 for r in recs if r.path in by_rec)},
         {"": "video (hours)", "value": round(hours, 3)},
         {"": "with a reference", "value": sum(1 for r in recs if r.reference_source)},
+        *({"": f"window coverage, {name}", "value": w["coverage"]} for name, w in windows.items()),
     ]
     out = "<h2>Overview</h2>" + _table(rows)
     if failed:
