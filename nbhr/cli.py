@@ -1220,7 +1220,7 @@ def plot(
     "--max-plots",
     type=click.IntRange(min=0),
     help="Draw at most this many recordings over time (default: every one; a figure is about "
-    "40 kB); the rest are still listed with their tables.",
+    "25 kB); the rest are still listed with their tables.",
 )
 @click.option(
     "--population",

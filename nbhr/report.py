@@ -70,7 +70,7 @@ def build_report(
     `estimators`), each model version of an estimator on its own. Its numbers are those of
     `nbhr evaluate --json` with the same filter; the agreement figures plot `level`'s points.
     `band` (default: neonatal) bounds plausible beat intervals for the HRV columns. Every
-    recording with windows gets its HR-over-time figure (about 40 kB each) unless `max_plots`
+    recording with windows gets its HR-over-time figure (about 25 kB each) unless `max_plots`
     caps them."""
     band = band or Band.for_population("neonate")
     recs = queries.recording_rows(session, subject)
