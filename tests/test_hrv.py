@@ -125,7 +125,7 @@ def test_pulse_track_joins_overlapping_windows_into_one_pulse() -> None:
     assert track.beats(NEONATE, 20.0, 30.0).min() >= 20.0
 
 
-def test_hrv_command_on_a_real_run(demo_archive: Path, db_url: str) -> None:
+def test_hrv_command_on_a_real_run(demo_archive: Path, db_url: str, tmp_path: Path) -> None:
     nbhr("run", demo_archive, "--db", db_url, "--estimator", "pos", "--estimator", "chrom")
     rows = nbhr_json("hrv", "--db", db_url, "--json", "--intervals")
     assert {r["estimator"] for r in rows} == {"pos", "chrom"}
@@ -145,6 +145,12 @@ def test_hrv_command_on_a_real_run(demo_archive: Path, db_url: str) -> None:
     nbhr("run", demo_archive, "--db", db_url, "--estimator", "pos", "--estimator", "chrom")
     again = nbhr_json("hrv", "--db", db_url, "--json")
     assert {(r["recording"], r["estimator"]): r["estimate"]["n_beats"] for r in again} == before
+    # The report reads the same beats (and everything else) from either database.
+    report = nbhr_json("report", "--db", db_url, "--out", tmp_path / "r.html", "--json")
+    assert report["recordings"] == 3 and report["recording_plots"] == 3
+    html = (tmp_path / "r.html").read_text()
+    some = next(r for r in faces if r["estimator"] == "pos")["estimate"]["rmssd_ms"]
+    assert f"<td>{some:.2f}</td>" in html
     table = nbhr("hrv", "--db", db_url, "--estimator", "pos").stdout
     assert "sdnn_ms" in table and "ref_rmssd_ms" in table
     bad = nbhr("hrv", "--db", db_url, "--hr-range", "200-100", check=False)

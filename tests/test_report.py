@@ -110,8 +110,10 @@ def _expected_cells(db_url: str, estimator: str, *filters: str) -> list[str]:
 
 
 def test_report_renders_in_chromium_with_evaluates_numbers(
-    demo_archive: Path, db_url: str, tmp_path: Path
+    demo_archive: Path, sqlite_url: str, tmp_path: Path
 ) -> None:
+    """On SQLite, the default (test_hrv's real run builds the report on PostgreSQL)."""
+    db_url = sqlite_url
     nbhr("run", demo_archive, "--db", db_url, *(a for e in ESTIMATORS for a in ("--estimator", e)))
     out = tmp_path / "report.html"
     summary = nbhr_json("report", "--db", db_url, "--out", out, "--json")
