@@ -287,29 +287,46 @@ def bench_pipeline_overhead(
     face_videos: list[Path], model: Path, opts: ProcessingOptions
 ) -> dict[str, Any]:
     """What the pipeline around NBHRnet costs: `--estimator nbhrnet` end to end on videos that
-    show a face throughout (one process, 1 thread: decode, track, crop, normalise, encode, head,
-    store) against NBHRnet inference alone (encoder and head, at the options' precision) on as
-    many frames, CPU seconds each, in one run."""
-    from model.nbhrnet import NBHRNetRunner
+    show a face throughout, run segment by segment in this process with 1 thread (decode,
+    track, crop, normalise, encode, head, beats, store), its CPU time split into the part
+    spent inside onnxruntime and the rest. Both come from the same run, so a change of clock
+    speed or a busy neighbour moves them together (timing inference apart, in another run,
+    varied by up to 20 % here). Also NBHRnet inference alone (encoder and head on repeated
+    crops, at the options' precision) on as many frames, for comparison."""
+    from worker.process import nbhrnet_runner, process_segment
 
     with tempfile.TemporaryDirectory() as tmp:
         archive = Path(tmp) / "faces"
         archive.mkdir()
         for v in face_videos:
             (archive / v.name).symlink_to(v.resolve())
-        e2e = bench_end_to_end(archive, 1, opts, (("one_process", 1, 1),))["one_process"]
-    runner = NBHRNetRunner(model, threads=1, precision=opts.nbhrnet_precision)
-    n = int(round(e2e["video_s"] * 30))
+        engine = make_engine(f"sqlite:///{Path(tmp) / 'bench.sqlite'}")
+        upgrade(engine)
+        with session_scope(engine) as s:
+            reg = register_archive(s, archive, None)
+            plan = plan_job(s, str(archive), reg.all_ids, opts, "local")
+        init_process(1)
+        runner = nbhrnet_runner(
+            opts.model_path, opts.model_sha256, opts.nbhrnet_precision, opts.model_int8_sha256
+        )
+        runner.inference_cpu_s = 0.0
+        with _Clock() as c:
+            video_s = sum(process_segment(engine, i).video_s for i in plan.segment_ids)
+        inside = runner.inference_cpu_s
+        engine.dispose()
+    n = int(round(video_s * 30))
     x = face_frames(face_videos[:1], 60)
     runner.run_head(runner.encode_frames(x)[None])  # warm-up
-    with _Clock() as c:
+    with _Clock() as alone:
         for _ in range(n // 60):
             runner.run_head(runner.encode_frames(x)[None])
     return {
-        "video_s": e2e["video_s"],
-        "end_to_end_cpu_s": e2e["cpu_s"],
-        "inference_cpu_s": c.cpu,
-        "ratio": e2e["cpu_s"] / c.cpu,
+        "video_s": video_s,
+        "end_to_end_cpu_s": c.cpu,
+        "inference_cpu_s": inside,
+        "ratio": c.cpu / inside,
+        "inference_alone_cpu_s": alone.cpu,
+        "ratio_to_inference_alone": c.cpu / alone.cpu,
     }
 
 
@@ -414,6 +431,8 @@ def run_bench(archive: Path | None, workers: int, model: Path | None = None) -> 
                 model_sha256=runner.sha256,
                 nbhrnet_precision="int8" if int8 else "fp32",
                 model_int8_sha256=runner.int8_sha256 if int8 else None,
+                # What `nbhr run` does by default (--decode reduced).
+                decode_min_width=DETECT_WIDTH,
             )
             result["nbhrnet"]["precision_end_to_end"] = opts.nbhrnet_precision
             # Processes x threads: the pool against one process with as many model threads.
@@ -428,6 +447,10 @@ def run_bench(archive: Path | None, workers: int, model: Path | None = None) -> 
             if NBHRNetRunner(model).framewise:
                 result["nbhrnet"]["pipeline_overhead"] = bench_pipeline_overhead(
                     with_face, model, opts
+                )
+                # The same with every frame decoded at full size (--decode full).
+                result["nbhrnet"]["pipeline_overhead_full_decode"] = bench_pipeline_overhead(
+                    with_face, model, replace(opts, decode_min_width=None)
                 )
                 # The same archive end to end, one process, windows every 2 s and every 0.5 s.
                 one = (("one_process", 1, 1),)

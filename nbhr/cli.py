@@ -218,12 +218,13 @@ def _options_from_cli(
 
 def _decode_min_width(decode: str, estimators: tuple[str, ...], roi: str) -> int | None:
     """--decode reduced: MJPEG decoded at the face detector's working width (320 px) or wider,
-    where it changes nothing but cost: classical estimators only (NBHRnet's 128-px face crops
-    want every pixel) on --roi face or full (a fixed box is given in full-size pixels)."""
+    where it changes nothing but cost, on --roi face or full (a fixed box is given in full-size
+    pixels). With NBHRnet (--roi face only), each segment decodes no smaller than its face's
+    128-px crop needs (worker.process.crop_decode_width)."""
     from worker.faces import DETECT_WIDTH
     from worker.options import NBHRNET
 
-    if decode == "full" or NBHRNET in estimators or roi not in ("face", "full"):
+    if decode == "full" or roi not in ("face", "full") or (NBHRNET in estimators and roi != "face"):
         return None
     return DETECT_WIDTH
 
@@ -325,9 +326,10 @@ _PLAN_OPTIONS = [
         type=click.Choice(["reduced", "full"]),
         default="reduced",
         show_default=True,
-        help="reduced: MJPEG frames are decoded straight to 1/2, 1/4 or 1/8 size (no narrower "
-        "than the face detector's 320 px) for the classical estimators on --roi face or full; "
-        "NBHRnet and fixed boxes always get full-size frames.",
+        help="reduced: MJPEG frames are decoded straight to 1/2, 1/4 or 1/8 size, no narrower "
+        "than the face detector's 320 px and, with NBHRnet, than its face crops need (judged "
+        "per segment on its first frame), on --roi face or full; fixed boxes always get "
+        "full-size frames.",
     ),
     click.option(
         "--model",

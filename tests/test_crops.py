@@ -62,3 +62,43 @@ def test_a_job_with_nbhrnet_alone_skips_the_colour_means(face_videos) -> None:
     assert np.isfinite(a.rgb).all() and np.isnan(b.rgb).all()
     assert len(b.rgb) == len(a.rgb) == 45 and np.array_equal(a.face, b.face)
     assert all(np.array_equal(x, y) for x, y in zip(with_colour, without, strict=True))
+
+
+def test_reduced_decoding_never_starves_nbhrnets_crops(demo, tmp_path) -> None:
+    """With NBHRnet, a segment decodes MJPEG no smaller than its face's crop needs: the crop's
+    source square keeps at least CROP_SIZE pixels a side, so the reduced decode only does the
+    area-averaging the crop's resize would do. Without a face, frames come at full size."""
+    import cv2
+
+    from worker.crops import CROP_SCALE, CROP_SIZE
+    from worker.faces import DETECT_WIDTH, FaceDetector
+    from worker.options import NBHRNET, ProcessingOptions
+    from worker.process import crop_decode_width, extract_trace, init_process
+    from worker.video import iter_frames, jpeg_scale
+
+    init_process()
+    reduced = 0
+    for rec in demo.recordings:
+        video = demo.root / rec.recording
+        width = crop_decode_width(video, 0, DETECT_WIDTH)
+        if not rec.has_face:
+            assert width is None
+            continue
+        frame = next(iter_frames(video, 0, 1))[1]
+        box = FaceDetector().detect(frame)
+        assert box is not None and width is not None and width >= DETECT_WIDTH
+        scale = jpeg_scale("MJPG", frame.shape[1], width)
+        assert CROP_SCALE * max(box.w, box.h) / scale >= CROP_SIZE
+        reduced += scale > 1
+        # The crops of the reduced decode are those of the full one, but for rounding.
+        full, small = [], []
+        extract_trace(video, 0, 30, "face", 30.0, crops=full, colour=False)
+        extract_trace(video, 0, 30, "face", 30.0, crops=small, colour=False, min_width=width)
+        diff = [cv2.absdiff(a, b).mean() for a, b in zip(full, small, strict=True)]
+        assert max(diff) < 6.0
+    # The demo's faces are large enough for half-size frames in at least one recording.
+    assert reduced >= 1
+    with pytest.raises(ValueError, match="reduced-size decoding"):
+        ProcessingOptions(
+            estimators=(NBHRNET,), model_path="m.onnx", roi="full", decode_min_width=320
+        ).validate()

@@ -122,11 +122,11 @@ class ProcessingOptions:
                 f"whole frames at {NBHRNET_FPS:g} fps (e.g. 2, 1, 0.5, 0.2)"
             )
         if self.decode_min_width is not None and (
-            NBHRNET in self.estimators or self.roi not in ("face", "full")
+            self.roi not in ("face", "full") or (NBHRNET in self.estimators and self.roi != "face")
         ):
             raise ValueError(
-                "reduced-size decoding is for the classical estimators on --roi face or full "
-                "(NBHRnet's crops and a fixed box need full-size frames)"
+                "reduced-size decoding is for --roi face (or full, without NBHRnet): a fixed "
+                "box is given in full-size pixels, and NBHRnet's crops are sized by the face"
             )
         if self.window_s <= 0 or self.hop_s <= 0 or self.segment_s <= 0:
             raise ValueError("--window-s, --hop-s and --segment-s must be positive")

@@ -30,6 +30,7 @@ from model.nbhrnet import FEATURE_SIZE, NBHRNetRunner, normalise_window, stitche
 from model.reference import ppg_target, reference_hr
 from model.spectrum import spectral_hr
 from worker.crops import (
+    CROP_SCALE,
     CROP_SIZE,
     MODEL_FPS,
     WINDOW_FRAMES,
@@ -199,6 +200,23 @@ def extract_trace(
     return Trace(rgb_arr, face_arr, start)
 
 
+def crop_decode_width(path: Path, frame: int, min_width: int) -> int | None:
+    """The narrowest frame width (at least `min_width`) at which NBHRnet's face crops still
+    come from as many pixels as they have (CROP_SIZE), judged by the face in frame `frame`
+    decoded at full size: a reduced JPEG decode is then an area-average the crop's own
+    INTER_AREA resize would have made anyway. None (full size) when that frame shows no face.
+    """
+    frames = list(iter_frames(path, frame, frame + 1))
+    if not frames:
+        return None
+    image = frames[0][1]
+    box = face_detector().detect(image, full=True)
+    if box is None:
+        return None
+    side = CROP_SCALE * max(box.w, box.h)  # source pixels of the crop at full size
+    return max(min_width, int(np.ceil(image.shape[1] * CROP_SIZE / side)))
+
+
 def process_segment(engine: Engine, segment_id: int, worker: str | None = None) -> SegmentOutcome:
     """Run one segment end to end; never raises for bad input (the error is stored). Raises
     sqlalchemy.exc.DBAPIError when the database fails, leaving the segment to its lease."""
@@ -279,6 +297,9 @@ def _compute_windows(
             queries.renew_lease(s, seg.segment_id, worker, LEASE_S)
 
     crops: list[np.ndarray | None] | None = [] if NBHRNET in opts.estimators else None
+    min_width = opts.decode_min_width
+    if crops is not None and min_width is not None:
+        min_width = crop_decode_width(Path(seg.path), first, min_width)
     trace = extract_trace(
         Path(seg.path),
         first,
@@ -288,7 +309,7 @@ def _compute_windows(
         renew,
         crops,
         colour=bool(classical),
-        min_width=opts.decode_min_width,
+        min_width=min_width,
     )
     n_read = len(trace.rgb)
     note = None
