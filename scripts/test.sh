@@ -14,4 +14,4 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet -e ".[test,train]"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/python -m pytest -q "$@"
+.venv/bin/python -m pytest -q --durations=15 "$@"
