@@ -959,6 +959,26 @@ def select_options(fn: Callable) -> Callable:
     return fn
 
 
+def band_options(fn: Callable) -> Callable:
+    """--population and --hr-range: which beat intervals are plausible (hrv, report)."""
+    for option in reversed(
+        [
+            click.option(
+                "--population",
+                type=click.Choice(["neonate", "adult"]),
+                default="neonate",
+                show_default=True,
+                help="Plausible beat intervals: 80-240 or 40-180 bpm.",
+            ),
+            click.option(
+                "--hr-range", help="Plausible HR band LO-HI in bpm; overrides --population."
+            ),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
 def _band(population: str, hr_range: str | None) -> Any:
     from model.bands import Band
 
@@ -1104,14 +1124,7 @@ def rhythm(
 @main.command()
 @DB_OPTION
 @select_options
-@click.option(
-    "--population",
-    type=click.Choice(["neonate", "adult"]),
-    default="neonate",
-    show_default=True,
-    help="Plausible beat intervals: 80-240 or 40-180 bpm.",
-)
-@click.option("--hr-range", help="Plausible HR band LO-HI in bpm; overrides --population.")
+@band_options
 @click.option("--intervals", is_flag=True, help="With --json: the kept beat intervals themselves.")
 @click.option("--json", "as_json", is_flag=True)
 @friendly_errors
@@ -1224,14 +1237,7 @@ def plot(
     help="Draw at most this many recordings over time (default: every one; a figure is about "
     "25 kB); the rest are still listed with their tables.",
 )
-@click.option(
-    "--population",
-    type=click.Choice(["neonate", "adult"]),
-    default="neonate",
-    show_default=True,
-    help="Plausible beat intervals for the HRV columns: 80-240 or 40-180 bpm.",
-)
-@click.option("--hr-range", help="Plausible HR band LO-HI in bpm; overrides --population.")
+@band_options
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
