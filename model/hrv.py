@@ -56,12 +56,6 @@ class HRV:
     hr_bpm: float
     covered_s: float
 
-    def as_dict(self) -> dict[str, float | int | None]:
-        return {
-            k: (None if isinstance(v, float) and not np.isfinite(v) else v)
-            for k, v in self.__dict__.items()
-        }
-
 
 class PulseTrack:
     """One continuous pulse signal from the pulses of overlapping analysis windows.

@@ -49,15 +49,21 @@ class ReferenceSeries:
         sel = (t >= t0) & (t < t1)
         return t[sel], self.values[sel]
 
+    def plausible(self, values: np.ndarray) -> np.ndarray:
+        """The finite values among `values` (some of this series'), without those outside the
+        plausible range of its kind (probe off or searching: 0 or out-of-range readings)."""
+        v = np.asarray(values, dtype=float)
+        v = v[np.isfinite(v)]
+        if self.kind in PLAUSIBLE:
+            lo, hi = PLAUSIBLE[self.kind]
+            v = v[(v >= lo) & (v <= hi)]
+        return v
+
     def window_mean(self, t0: float, t1: float) -> float | None:
         """Mean plausible value over [t0, t1), the recording mean, or None when not covered."""
         if self.is_mean:
             return float(self.values[0])
-        _, v = self.span(t0, t1)
-        if self.kind in PLAUSIBLE:
-            lo, hi = PLAUSIBLE[self.kind]
-            v = v[(v >= lo) & (v <= hi)]
-        v = v[np.isfinite(v)]
+        v = self.plausible(self.span(t0, t1)[1])
         # Demand half the window to be covered so that edge windows are not judged on a sliver.
         rate = self.sample_rate_hz or _median_rate(self.times())
         if rate and len(v) < 0.5 * (t1 - t0) * rate:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -297,12 +297,24 @@ def quality_sweep(
     level: str = "window",
     model_key: str | None = None,
     face_only: bool = False,
-    subject: str | None = None,
 ) -> list[dict[str, Any]]:
-    """What a quality floor buys: coverage against error as --min-quality rises. One row per
-    floor (none, then the SWEEP_QUANTILES of the estimator's window qualities, in dB): the
-    floor, n, coverage, MAE, RMSE and r at `level` (over one subject's windows if given)."""
-    rows = queries.window_rows(session, subject, estimator=estimator, model_key=model_key)
+    """What a quality floor buys: coverage against error as --min-quality rises (sweep_rows
+    over every window of the estimator and model version)."""
+    rows = queries.window_rows(session, estimator=estimator, model_key=model_key)
+    return sweep_rows(session, rows, estimator, level, model_key, face_only)
+
+
+def sweep_rows(
+    session: Session,
+    rows: list[WindowRow],
+    estimator: str,
+    level: str,
+    model_key: str | None,
+    face_only: bool,
+) -> list[dict[str, Any]]:
+    """`quality_sweep` over the given windows (e.g. one subject's). One row per floor (none,
+    then the SWEEP_QUANTILES of the windows' qualities, in dB): the floor, n, coverage, MAE,
+    RMSE and r at `level`."""
     qualities = [w.quality for w in rows if w.quality is not None and math.isfinite(w.quality)]
     floors: list[float | None] = [None]
     if qualities:
@@ -425,7 +437,7 @@ def _reference_beats(session: Session, recording_id: int, band: Band) -> np.ndar
 
 
 def _hrv_entry(beats: np.ndarray, band: Band, intervals: bool) -> dict[str, Any]:
-    found = model_hrv(beats, band).as_dict()
+    found = asdict(model_hrv(beats, band))
     stats = {k: _clean(v) if isinstance(v, float) else v for k, v in found.items()}
     if intervals and len(beats) > 1:
         ibi, kept = clean_intervals(beats, band)

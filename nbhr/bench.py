@@ -386,6 +386,23 @@ def bench_pos_per_core(archive: Path) -> dict[str, Any]:
     return out
 
 
+def nbhrnet_run_options(model: Path) -> ProcessingOptions:
+    """What `nbhr run --estimator nbhrnet --model MODEL` runs by default: the int8 encoder when
+    the model has one, MJPEG decoded at reduced size where the crops allow it."""
+    from model.nbhrnet import NBHRNetRunner
+
+    runner = NBHRNetRunner(model)
+    int8 = runner.framewise and runner.int8_sha256 is not None
+    return ProcessingOptions(
+        estimators=("nbhrnet",),
+        model_path=str(model.resolve()),
+        model_sha256=runner.sha256,
+        nbhrnet_precision="int8" if int8 else "fp32",
+        model_int8_sha256=runner.int8_sha256 if int8 else None,
+        decode_min_width=DETECT_WIDTH,
+    )
+
+
 def run_bench(archive: Path | None, workers: int, model: Path | None = None) -> dict[str, Any]:
     """All measurements, on `archive` or on a freshly written small demo archive; with an
     NBHRnet `model`, also its onnxruntime cost per window and `--estimator nbhrnet` end to
@@ -422,18 +439,7 @@ def run_bench(archive: Path | None, workers: int, model: Path | None = None) -> 
 
             frames = face_frames(with_face[:1], 480)
             result["nbhrnet"] = bench_nbhrnet(model, frames)
-            runner = NBHRNetRunner(model)
-            # What `nbhr run` does by default: the int8 encoder when the model has one.
-            int8 = runner.framewise and runner.int8_sha256 is not None
-            opts = ProcessingOptions(
-                estimators=("nbhrnet",),
-                model_path=str(model.resolve()),
-                model_sha256=runner.sha256,
-                nbhrnet_precision="int8" if int8 else "fp32",
-                model_int8_sha256=runner.int8_sha256 if int8 else None,
-                # What `nbhr run` does by default (--decode reduced).
-                decode_min_width=DETECT_WIDTH,
-            )
+            opts = nbhrnet_run_options(model)
             result["nbhrnet"]["precision_end_to_end"] = opts.nbhrnet_precision
             # Processes x threads: the pool against one process with as many model threads.
             layouts = (

@@ -34,6 +34,18 @@ DB_OPTION = click.option(
 )
 
 
+# The population's heart-rate band: `run` searches it for HR, `hrv` and `report` keep beat
+# intervals inside it.
+POPULATION_OPTION = click.option(
+    "--population",
+    type=click.Choice(["neonate", "adult"]),
+    default="neonate",
+    show_default=True,
+    help="HR band: 80-240 (neonate) or 40-180 bpm (adult).",
+)
+HR_RANGE_OPTION = click.option("--hr-range", help="HR band LO-HI in bpm; overrides --population.")
+
+
 def friendly_errors(fn: Callable) -> Callable:
     """Turn expected failures (database down, bad files) into a one-line error, exit 1."""
 
@@ -262,14 +274,8 @@ _PLAN_OPTIONS = [
         show_default=True,
         help="face (tracked), full (whole frame) or X,Y,W,H (fixed box, pixels).",
     ),
-    click.option(
-        "--population",
-        type=click.Choice(["neonate", "adult"]),
-        default="neonate",
-        show_default=True,
-        help="Chooses the HR search band: 80-240 or 40-180 bpm.",
-    ),
-    click.option("--hr-range", help="HR search band LO-HI in bpm; overrides --population."),
+    POPULATION_OPTION,
+    HR_RANGE_OPTION,
     click.option(
         "--manifest",
         type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -961,22 +967,7 @@ def select_options(fn: Callable) -> Callable:
 
 def band_options(fn: Callable) -> Callable:
     """--population and --hr-range: which beat intervals are plausible (hrv, report)."""
-    for option in reversed(
-        [
-            click.option(
-                "--population",
-                type=click.Choice(["neonate", "adult"]),
-                default="neonate",
-                show_default=True,
-                help="Plausible beat intervals: 80-240 or 40-180 bpm.",
-            ),
-            click.option(
-                "--hr-range", help="Plausible HR band LO-HI in bpm; overrides --population."
-            ),
-        ]
-    ):
-        fn = option(fn)
-    return fn
+    return POPULATION_OPTION(HR_RANGE_OPTION(fn))
 
 
 def _band(population: str, hr_range: str | None) -> Any:

@@ -80,8 +80,10 @@ def build_report(
     labels = queries.model_labels(session)
     evals: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     points: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+    sweeps: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for e, k in pairs:
         rows = queries.window_rows(session, subject, estimator=e, model_key=k)
+        sweeps[(e, k)] = analysis.sweep_rows(session, rows, e, "window", k, filt.face_only)
         evals[(e, k)] = {
             lev: analysis.evaluate_rows(session, rows, e, lev, k, filt) for lev in LEVELS
         }
@@ -131,9 +133,8 @@ def build_report(
             "0/25/50/75/90 % quantiles of each estimator's window qualities (SNR, dB)."
         ),
     ]
-    for e, k in pairs:
-        sweep = analysis.quality_sweep(session, e, "window", k, filt.face_only, subject)
-        parts.append(f"<h3>{_e(names[(e, k)])}</h3>" + _table(sweep))
+    for key in pairs:
+        parts.append(f"<h3>{_e(names[key])}</h3>" + _table(sweeps[key]))
     parts.append("<h2>Recordings</h2>")
     drawn = 0
     for rec in recs:
@@ -265,9 +266,9 @@ def _recording(
     out = f"<h3>{_e(rec.subject)}: {_e(rec.path)}</h3>"
     facts = [f"status {rec.status}{dur}"]
     refs = queries.load_references(session, rec.id)
-    if "spo2" in refs:
-        v = refs["spo2"].values
-        facts.append(f"SpO2 reference median {np.median(v):.1f} %, min {np.min(v):.1f} %")
+    spo2 = refs["spo2"].plausible(refs["spo2"].values) if "spo2" in refs else np.empty(0)
+    if len(spo2):
+        facts.append(f"SpO2 reference median {np.median(spo2):.1f} %, min {np.min(spo2):.1f} %")
     if rec.reference_source:
         facts.append(f"reference {rec.reference_source}")
     out += _p("; ".join(_e(f) for f in facts))

@@ -14,11 +14,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from model.nbhrnet import NBHRNetRunner
-from nbhr.bench import _split_by_face, bench_pipeline_overhead
+from nbhr.bench import _split_by_face, bench_pipeline_overhead, nbhrnet_run_options
 from scheduler.discover import find_videos
-from worker.faces import DETECT_WIDTH
-from worker.options import ProcessingOptions
 
 
 def main() -> None:
@@ -28,16 +25,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     model = args.model.resolve()
-    runner = NBHRNetRunner(model)
-    int8 = runner.framewise and runner.int8_sha256 is not None
-    reduced = ProcessingOptions(
-        estimators=("nbhrnet",),
-        model_path=str(model),
-        model_sha256=runner.sha256,
-        nbhrnet_precision="int8" if int8 else "fp32",
-        model_int8_sha256=runner.int8_sha256 if int8 else None,
-        decode_min_width=DETECT_WIDTH,
-    )
+    reduced = nbhrnet_run_options(model)
     with_face, _ = _split_by_face(sorted(find_videos(args.archive)))
     for _ in range(args.repeats):
         for decode, opts in (
