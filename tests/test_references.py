@@ -122,3 +122,15 @@ def test_reference_table_that_is_not_text(tmp_path: Path) -> None:
     t.write_bytes(b"\xff\xfe\x00binary\x00")
     with pytest.raises(ReferenceFileError, match="cannot read reference table"):
         load_reference_table(t)
+
+
+def test_probe_off_spo2_readings_are_not_values() -> None:
+    """An oximeter writes 0 while its probe is off: neither a window's SpO2 nor a recording's
+    median and minimum (the report) may count those readings."""
+    from model.reference import ReferenceSeries
+
+    values = np.r_[np.full(60, 97.0), np.zeros(60), np.full(60, 95.0)]
+    spo2 = ReferenceSeries("spo2", values, "test", sample_rate_hz=60.0)
+    assert list(np.unique(spo2.plausible(spo2.values))) == [95.0, 97.0]
+    assert spo2.window_mean(0.0, 3.0) == pytest.approx(96.0)
+    assert spo2.window_mean(1.0, 2.0) is None  # only probe-off readings there
