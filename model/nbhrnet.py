@@ -36,6 +36,12 @@ def int8_encoder_path(path: Path) -> Path:
     return Path(path).with_suffix(".encoder.int8.onnx")
 
 
+def relu_encoder_path(path: Path) -> Path:
+    """Where an exported model's ReLU-distilled encoder lives: X.onnx -> X.encoder.relu.onnx
+    (training.distill writes it; training.quantize quantises it in place of X.encoder.onnx)."""
+    return Path(path).with_suffix(".encoder.relu.onnx")
+
+
 # Precisions of the per-frame encoder a runner can use: "fp32" is the exported encoder, "int8"
 # its static quantisation (training.quantize).
 PRECISIONS = ("fp32", "int8")

@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 
 from db.engine import DatabaseError, check_connection, default_url, make_engine, session_scope
 from db.migrate import upgrade
+from training.cli import distill as distill_command
 from training.cli import export_onnx as export_onnx_command
 from training.cli import quantize as quantize_command
 from training.cli import train as train_command
@@ -1505,6 +1506,7 @@ def db_upgrade(db_url: str) -> None:
 
 main.add_command(train_command)
 main.add_command(export_onnx_command)
+main.add_command(distill_command)
 main.add_command(quantize_command)
 
 

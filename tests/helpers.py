@@ -33,3 +33,15 @@ def nbhr(
 
 def nbhr_json(*args: str | Path) -> Any:
     return json.loads(nbhr(*args).stdout)
+
+
+def copy_bundled_model(folder: Path) -> Path:
+    """The shipped model and its fp32 halves (no int8 encoder, no ReLU student) copied into
+    `folder`; returns the copy of the whole-model file."""
+    import shutil
+
+    from model.nbhrnet import BUNDLED_MODEL, companion_paths
+
+    for path in (BUNDLED_MODEL, *companion_paths(BUNDLED_MODEL)):
+        shutil.copy(path, folder / path.name)
+    return folder / BUNDLED_MODEL.name

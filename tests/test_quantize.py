@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from model.nbhrnet import BUNDLED_MODEL, NBHRNetRunner, companion_paths, int8_encoder_path
-from tests.helpers import nbhr, nbhr_json
+from tests.helpers import copy_bundled_model, nbhr, nbhr_json
 from training.quantize import calibration_frames, quantize_encoder
 
 
@@ -22,10 +22,7 @@ def calibration(face_videos: list[Path]):
 @pytest.fixture(scope="module")
 def model_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped model and its fp32 halves in a folder of their own (no int8 encoder yet)."""
-    folder = tmp_path_factory.mktemp("quantize")
-    for path in (BUNDLED_MODEL, *companion_paths(BUNDLED_MODEL)):
-        shutil.copy(path, folder / path.name)
-    return folder / BUNDLED_MODEL.name
+    return copy_bundled_model(tmp_path_factory.mktemp("quantize"))
 
 
 def test_calibration_frames_are_normalised_face_crops(calibration, face_videos) -> None:

@@ -1,5 +1,6 @@
-"""`nbhr train` and `nbhr export-onnx`. Torch and the training modules are imported inside the
-commands, so that the rest of the command line runs where torch is not installed."""
+"""`nbhr train`, `nbhr export-onnx`, `nbhr distill` and `nbhr quantize`. Torch and the training
+modules are imported inside the commands, so that the rest of the command line runs where torch
+is not installed."""
 
 from __future__ import annotations
 
@@ -275,9 +276,15 @@ def quantize(
 ) -> None:
     """Quantise an exported NBHRnet's encoder to int8 (FILE -> FILE.encoder.int8.onnx),
     calibrated on face crops of the videos in CALIBRATION (folders are searched recursively)
-    cut as workers cut them; `--nbhrnet-precision int8` (or auto) then runs it. Prints the
+    cut as workers cut them; `--nbhrnet-precision int8` (or auto) then runs it. Where `nbhr
+    distill` has made FILE.encoder.relu.onnx, that ReLU encoder is the one quantised (its
+    channel ranges equalised first; needs torch), else the exported encoder. Prints the
     file's SHA-256 and how far its features are from the fp32 encoder's on the calibration
     frames."""
+    from model.nbhrnet import relu_encoder_path
+
+    if relu_encoder_path(model).is_file():
+        _require_training_deps()  # the ReLU student is equalised in torch first
     try:
         import onnx  # noqa: F401
     except ImportError:
@@ -307,3 +314,97 @@ def quantize(
         f"{out} sha256 {digest}: {len(calib.frames)} frames of {len(calib.sources)} videos; "
         f"feature cosine to fp32 mean {cosine.mean():.4f}, min {cosine.min():.4f}"
     )
+
+
+@click.command("distill")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("data", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--roi", default="face", show_default=True, help="face, full or X,Y,W,H.")
+@click.option(
+    "--frames",
+    default=18000,
+    show_default=True,
+    type=click.IntRange(64),
+    help="Face-crop frames to distil on (0.2 MB each in memory).",
+)
+@click.option(
+    "--minutes",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Wall time of the training loop (the learning rate decays over it).",
+)
+@click.option(
+    "--lr",
+    default=2e-4,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Adam's starting learning rate.",
+)
+@click.option("--batch", default=32, show_default=True, type=click.IntRange(2), help="Frames.")
+@click.option("--seed", default=0, show_default=True, help="Batch order.")
+@click.option("--threads", default=0, show_default=True, help="Torch threads (0: all cores).")
+@click.option("--json", "as_json", is_flag=True, help="The file and its figures as JSON.")
+def distill(
+    model: Path,
+    data: tuple[Path, ...],
+    roi: str,
+    frames: int,
+    minutes: float,
+    lr: float,
+    batch: int,
+    seed: int,
+    threads: int,
+    as_json: bool,
+) -> None:
+    """Distil an exported NBHRnet's encoder (FILE.encoder.onnx) into an all-ReLU encoder that
+    int8 runs without leaving int8 (FILE -> FILE.encoder.relu.onnx), on face crops of the
+    videos in DATA (folders are searched recursively) cut as workers cut them. `nbhr
+    quantize FILE ...` then quantises it instead of the exported encoder. Prints the held-out
+    feature error before and after, each feature weighted as the head weighs it."""
+    _require_training_deps()
+    import torch
+
+    from model.nbhrnet import companion_paths
+    from scheduler.discover import find_videos
+    from training.distill import distill as run_distillation
+    from training.distill import (
+        encoder_from_onnx,
+        export_student,
+        head_feature_scale,
+        relu_student,
+        teacher_features,
+    )
+    from training.quantize import calibration_frames
+
+    if threads:
+        torch.set_num_threads(threads)
+    encoder, head = companion_paths(model)
+    if not (encoder.is_file() and head.is_file()):
+        raise click.ClickException(f"{model.name} has no encoder and head files: export it again")
+    videos = [v for d in data for v in (find_videos(d) if d.is_dir() else [d])]
+    log = (lambda m: click.echo(m, err=True)) if not as_json else None
+    try:
+        crops = calibration_frames(videos, roi=roi, max_frames=frames, stride=1)
+        student = relu_student(encoder_from_onnx(encoder))
+        targets = teacher_features(encoder, crops.frames, threads)
+        scale = head_feature_scale(head)
+        done = run_distillation(
+            student, crops.frames, targets, scale, minutes, lr=lr, batch=batch, seed=seed, log=log
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    note = (
+        f"{done.frames} face-crop frames of {len(crops.sources)} videos, {done.steps} Adam steps "
+        f"(lr {lr:g}, batch {batch}, seed {seed}); held-out feature nmse "
+        f"{done.nmse_start:.4f} -> {done.nmse_end:.4f} on {done.holdout} frames"
+    )
+    out = export_student(student, model, note)
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    if as_json:
+        figures = {"videos": len(crops.sources), "seconds": round(done.seconds, 1)}
+        stats = {k: getattr(done, k) for k in ("frames", "holdout", "steps")}
+        nmse = {"nmse_start": done.nmse_start, "nmse_end": done.nmse_end}
+        click.echo(json.dumps({"path": str(out), "sha256": digest} | figures | stats | nmse))
+        return
+    click.echo(f"{out} sha256 {digest}: {note}")
