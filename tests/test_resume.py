@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 
 from db.engine import make_engine, session_scope
 from db.models import Segment, SegmentState, Window
@@ -22,8 +22,8 @@ from worker.options import CLASSICAL
 OPTS = ["--window-s", "4", "--hop-s", "2", "--segment-s", "2"]
 
 
-def _done(db_url: str) -> int:
-    with session_scope(make_engine(db_url)) as s:
+def _done(engine: Engine) -> int:
+    with session_scope(engine) as s:
         q = select(func.count()).select_from(Segment).where(Segment.state == SegmentState.done)
         return s.scalar(q) or 0
 
@@ -51,18 +51,23 @@ def test_killed_run_is_resumed_without_duplicates(
         text=True,
         env=os.environ.copy(),
     )
+    # The whole job takes about a second of work: poll on one engine, often, and interrupt
+    # at the first finished segment, so that most of the job is left (a CI run once saw the
+    # job finish between a slow poll that found 3 done and the signal).
+    engine = make_engine(db_url)
     deadline = time.monotonic() + 120
-    while _done(db_url) < 3:
+    while _done(engine) < 1:
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "no progress"
-        time.sleep(0.1)
+        time.sleep(0.01)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     if sig == signal.SIGINT:
         assert proc.returncode == 130 and "run the same command again" in err
     else:
         assert proc.returncode == -signal.SIGKILL
-    assert _done(db_url) < 21
+    assert _done(engine) < 21
+    engine.dispose()
 
     nbhr("run", archive, "--db", db_url, "-j", workers, *OPTS)
     with session_scope(make_engine(db_url)) as s:

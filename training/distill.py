@@ -10,7 +10,7 @@ bias of the convolution(s) that read it. So the student is conv -> ReLU all the 
 
 How: the student starts as the teacher with every PReLU replaced by a ReLU and every BatchNorm
 folded into the convolutions after it (`relu_student`). The trained slopes are small (|a| below
-0.07 in the shipped model) and the fold is exact except on the one-pixel ring where the next
+0.07 in the shipped model) and the fold is exact except on the border ring where the next
 convolution's zero padding meets the folded shift, so the student starts close. It is then
 trained to reproduce the teacher's 256 features of each frame (`distill`), each feature's error
 measured as the head sees it: the head's first layer is a BatchNorm that scales feature i by
