@@ -30,6 +30,15 @@ def companion_paths(path: Path) -> tuple[Path, Path]:
     return path.with_suffix(".encoder.onnx"), path.with_suffix(".head.onnx")
 
 
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, hex, read in 1 MB blocks: how model files are identified."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def int8_encoder_path(path: Path) -> Path:
     """Where an exported model's int8 encoder lives: X.onnx -> X.encoder.int8.onnx
     (training.quantize writes it)."""
@@ -158,11 +167,7 @@ class NBHRNetRunner:
     @cached_property
     def sha256(self) -> str:
         """SHA-256 of the model file, hex: identifies which model produced an estimate."""
-        digest = hashlib.sha256()
-        with self.path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        return file_sha256(self.path)
 
     def _open(self, path: Path) -> Any:
         # Imported here so that importing this module stays cheap for workers that only run
@@ -204,7 +209,7 @@ class NBHRNetRunner:
         session = self._open(path)
         if session.get_modelmeta().custom_metadata_map.get("nbhr.parent_sha256") != self.sha256:
             return None
-        return session, hashlib.sha256(path.read_bytes()).hexdigest()
+        return session, file_sha256(path)
 
     @property
     def int8_sha256(self) -> str | None:

@@ -4,7 +4,6 @@ is not installed."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -242,12 +241,13 @@ def export_onnx(checkpoint: Path, out: Path, as_json: bool) -> None:
     encoder and per-window head beside it (FILE -> FILE.encoder.onnx, FILE.head.onnx, which let
     workers share frame features between overlapping windows); prints the model's SHA-256."""
     _require_training_deps()
+    from model.nbhrnet import file_sha256
     from training.export import export_onnx as export
     from training.train import load_checkpoint
 
     model = load_checkpoint(checkpoint)
     export(model, out, frames=model.frames)
-    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    digest = file_sha256(out)
     if as_json:
         click.echo(json.dumps({"path": str(out), "sha256": digest}))
         return
@@ -291,7 +291,7 @@ def quantize(
         raise click.ClickException('quantize needs onnx: pip install -e ".[train]"') from None
     import numpy as np
 
-    from model.nbhrnet import NBHRNetRunner
+    from model.nbhrnet import NBHRNetRunner, file_sha256
     from scheduler.discover import find_videos
     from training.quantize import calibration_frames, quantize_encoder
 
@@ -304,7 +304,7 @@ def quantize(
     fp32 = NBHRNetRunner(model).encode_frames(calib.frames)
     int8 = NBHRNetRunner(model, precision="int8").encode_frames(calib.frames)
     cosine = np.sum(fp32 * int8, 1) / (np.linalg.norm(fp32, axis=1) * np.linalg.norm(int8, axis=1))
-    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    digest = file_sha256(out)
     if as_json:
         figures = {"frames": len(calib.frames), "videos": len(calib.sources), "method": method}
         cos = {"cosine_mean": float(cosine.mean()), "cosine_min": float(cosine.min())}
@@ -365,7 +365,7 @@ def distill(
     _require_training_deps()
     import torch
 
-    from model.nbhrnet import companion_paths
+    from model.nbhrnet import companion_paths, file_sha256
     from scheduler.discover import find_videos
     from training.distill import distill as run_distillation
     from training.distill import (
@@ -400,7 +400,7 @@ def distill(
         f"{done.nmse_start:.4f} -> {done.nmse_end:.4f} on {done.holdout} frames"
     )
     out = export_student(student, model, note)
-    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    digest = file_sha256(out)
     if as_json:
         figures = {"videos": len(crops.sources), "seconds": round(done.seconds, 1)}
         stats = {k: getattr(done, k) for k in ("frames", "holdout", "steps")}

@@ -26,17 +26,17 @@ checkpoint to be distilled; the student is written beside it as FILE.encoder.rel
 from __future__ import annotations
 
 import copy
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from model.nbhrnet import companion_paths, relu_encoder_path
+from model.nbhrnet import companion_paths, file_sha256, relu_encoder_path
 from training.export import _export_graph
 from training.nbhrnet import FRAME_SIZE, DilatedBlock, _encoder
 
@@ -51,6 +51,30 @@ WARMUP_STEPS = 100
 EVAL_BATCH = 64
 
 
+def _onnx_graph(path: Path) -> tuple[Any, dict[str, np.ndarray]]:
+    """An ONNX file's graph and its initializers by name."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    return graph, {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+
+
+def _load_weights(module: nn.Module, weights: dict[str, np.ndarray], path: Path) -> nn.Module:
+    """Load `weights` (by state-dict name) into `module`, every parameter and BatchNorm
+    statistic of it; ValueError naming `path` when one is missing or of another size. Returns
+    the module in eval mode."""
+    loaded: dict[str, torch.Tensor] = {}
+    for key, tensor in module.state_dict().items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        if key not in weights or weights[key].size != tensor.numel():
+            raise ValueError(f"{path}: no weight {key} of shape {tuple(tensor.shape)}")
+        loaded[key] = torch.from_numpy(weights[key].reshape(tensor.shape).copy())
+    module.load_state_dict(loaded, strict=False)
+    return module.eval()
+
+
 def encoder_from_onnx(path: Path) -> nn.Sequential:
     """The encoder of an exported model (FILE.encoder.onnx, training.export) as a PyTorch module
     with its weights, in eval mode: float (B, 3, 128, 128) -> float (B, 256).
@@ -59,28 +83,15 @@ def encoder_from_onnx(path: Path) -> nn.Sequential:
     slopes, which it renames, are matched by their order in the graph. ValueError when the file
     is not an encoder of this architecture.
     """
-    import onnx
-    from onnx import numpy_helper
-
-    graph = onnx.load(str(path)).graph
-    weights = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    graph, weights = _onnx_graph(path)
     encoder = _encoder()
-    state = encoder.state_dict()
     slopes = [n.input[1] for n in graph.node if n.op_type == "PRelu"]
     prelus = [name for name, m in encoder.named_modules() if isinstance(m, nn.PReLU)]
     if len(slopes) != len(prelus):
         raise ValueError(f"{path}: {len(slopes)} PReLU layers, the architecture has {len(prelus)}")
-    loaded: dict[str, torch.Tensor] = {}
     for name, prelu_input in zip(prelus, slopes, strict=True):
         weights[f"{name}.weight"] = weights[prelu_input]
-    for key, tensor in state.items():
-        if key.endswith("num_batches_tracked"):
-            continue
-        if key not in weights or weights[key].size != tensor.numel():
-            raise ValueError(f"{path}: no weight {key} of shape {tuple(tensor.shape)}")
-        loaded[key] = torch.from_numpy(weights[key].reshape(tensor.shape).copy())
-    encoder.load_state_dict(loaded, strict=False)
-    return encoder.eval()
+    return _load_weights(encoder, weights, path)
 
 
 class ReLUBlock(nn.Module):
@@ -145,11 +156,7 @@ def head_feature_scale(head_onnx: Path) -> np.ndarray:
     """How strongly the exported head (FILE.head.onnx) weighs each encoder feature: float32
     (256,), |gamma| / sqrt(running_var + eps) of its input BatchNorm. ValueError when the head
     has no such layer."""
-    import onnx
-    from onnx import numpy_helper
-
-    graph = onnx.load(str(head_onnx)).graph
-    weights = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    graph, weights = _onnx_graph(head_onnx)
     prefix = "head.ppg.norm_in."
     norm = next((n for n in graph.node if n.op_type == "BatchNormalization"), None)
     if f"{prefix}running_var" not in weights or norm is None:
@@ -162,18 +169,9 @@ def head_feature_scale(head_onnx: Path) -> np.ndarray:
 def student_from_onnx(path: Path) -> nn.Sequential:
     """A ReLU student written by export_student, back as a PyTorch module in eval mode.
     ValueError when the file is not one."""
-    import onnx
-    from onnx import numpy_helper
-
-    weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
-    student = relu_student(_encoder().eval())  # the layout; every weight is replaced below
-    state = {}
-    for key, tensor in student.state_dict().items():
-        if key not in weights or weights[key].size != tensor.numel():
-            raise ValueError(f"{path}: not a ReLU student of this encoder (no {key})")
-        state[key] = torch.from_numpy(weights[key].reshape(tensor.shape).copy())
-    student.load_state_dict(state)
-    return student.eval()
+    _, weights = _onnx_graph(path)
+    # The layout only: every weight is replaced by the file's.
+    return _load_weights(relu_student(_encoder().eval()), weights, path)
 
 
 def equalise_ranges(student: nn.Sequential, frames: np.ndarray, percentile: float) -> None:
@@ -290,10 +288,9 @@ def distill(
     """Train `student` (in place) to map normalised frames (n, 3, 128, 128) to the teacher's
     features `targets` (n, 256), each feature's error weighted by `scale` (256,)
     (head_feature_scale), with Adam, a learning rate that ramps up over WARMUP_STEPS and
-    decays (cosine) over `minutes` of
-    wall time (or over max_steps steps, if that ends first), on all but the last HOLDOUT of
-    the frames. bf16: bfloat16 autocast for the forward pass (None: where the CPU has native
-    bf16). Leaves the student in eval mode."""
+    decays (cosine) over `minutes` of wall time (or over max_steps steps, if that ends first),
+    on all but the last HOLDOUT of the frames. bf16: bfloat16 autocast for the forward pass
+    (None: where the CPU has native bf16). Leaves the student in eval mode."""
     if len(frames) != len(targets) or len(frames) < 2 * batch:
         raise ValueError(f"need >= {2 * batch} frames with a target each, got {len(frames)}")
     if bf16 is None:
@@ -307,7 +304,7 @@ def distill(
         with torch.no_grad():
             got = torch.cat(
                 [
-                    student(torch.from_numpy(frames[i : min(i + EVAL_BATCH, len(frames))]))
+                    student(torch.from_numpy(frames[i : i + EVAL_BATCH]))
                     for i in range(cut, len(frames), EVAL_BATCH)
                 ]
             )
@@ -352,17 +349,19 @@ def export_student(student: nn.Module, model: Path, note: str) -> Path:
     teacher encoder's SHA-256 and `note` (how it was distilled). Returns the path."""
     teacher, _ = companion_paths(model)
     props = {
-        "nbhr.parent_sha256": _sha256(model),
-        "nbhr.teacher_encoder_sha256": _sha256(teacher),
+        "nbhr.parent_sha256": file_sha256(model),
+        "nbhr.teacher_encoder_sha256": file_sha256(teacher),
         "nbhr.encoder": "relu-distilled",
         "nbhr.distillation": note,
     }
     out = relu_encoder_path(model)
-    student = copy.deepcopy(student).eval().to(memory_format=torch.contiguous_format)
-    frame = torch.zeros(2, 3, FRAME_SIZE, FRAME_SIZE)
-    _export_graph(student, frame, out, "frames", ["features"], None, props)
+    write_encoder(student, out, props)
     return out
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def write_encoder(module: nn.Module, path: Path, props: dict[str, str]) -> None:
+    """Export a per-frame encoder module ("frames" (n, 3, 128, 128) -> "features" (n, 256)) to
+    `path` with metadata `props`; the module itself is left as it was."""
+    module = copy.deepcopy(module).eval().to(memory_format=torch.contiguous_format)
+    frame = torch.zeros(2, 3, FRAME_SIZE, FRAME_SIZE)
+    _export_graph(module, frame, path, "frames", ["features"], None, props)

@@ -4,7 +4,6 @@ files, so that workers compute each frame's CNN features once however much windo
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import onnx
 import torch
 from torch import nn
 
-from model.nbhrnet import companion_paths
+from model.nbhrnet import companion_paths, file_sha256
 from training.nbhrnet import FEATURES, FRAME_SIZE, NBHRNet
 
 # Opset 17 has LSTM and everything else the model uses, and onnxruntime >= 1.17 (our floor)
@@ -105,7 +104,7 @@ def _export_companions(model: NBHRNet, path: Path, frames: int) -> None:
     head: "features" float32 (batch, frames, 256) -> "ppg" (batch, frames), "hr" (batch,).
     The head applied to the encoder's features of a window's frames is the whole model.
     """
-    parent = {"nbhr.parent_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    parent = {"nbhr.parent_sha256": file_sha256(path)}
     encoder_path, head_path = companion_paths(path)
     frame = torch.zeros(2, 3, FRAME_SIZE, FRAME_SIZE)
     _export_graph(model.encoder, frame, encoder_path, "frames", ["features"], None, parent)

@@ -22,7 +22,6 @@ equalise a ReLU student (both in the `train` extra).
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -30,7 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-from model.nbhrnet import companion_paths, int8_encoder_path, normalise_blocks, relu_encoder_path
+from model.nbhrnet import (
+    companion_paths,
+    file_sha256,
+    int8_encoder_path,
+    normalise_blocks,
+    relu_encoder_path,
+)
 
 # Frames per calibration batch (the encoder's activations are ~4 MB a frame).
 CALIBRATION_BATCH = 30
@@ -135,7 +140,7 @@ def quantize_encoder(model: Path, calibration: Calibration, method: str = "perce
     source = student if distilled else encoder
     if distilled:
         meta = {p.key: p.value for p in onnx.load(str(student)).metadata_props}
-        if meta.get("nbhr.parent_sha256") != _sha256(model):
+        if meta.get("nbhr.parent_sha256") != file_sha256(model):
             raise ValueError(f"{student.name} was distilled from another model: run nbhr distill")
     out = int8_encoder_path(model)
     with tempfile.TemporaryDirectory() as tmp:
@@ -165,8 +170,8 @@ def quantize_encoder(model: Path, calibration: Calibration, method: str = "perce
         )
     graph = onnx.load(str(out))
     props = {
-        "nbhr.parent_sha256": _sha256(model),
-        "nbhr.encoder_sha256": _sha256(encoder),
+        "nbhr.parent_sha256": file_sha256(model),
+        "nbhr.encoder_sha256": file_sha256(encoder),
         "nbhr.precision": "int8",
         "nbhr.encoder": "relu-distilled" if distilled else "exported",
         "nbhr.calibration": (
@@ -183,18 +188,11 @@ def quantize_encoder(model: Path, calibration: Calibration, method: str = "perce
 def _equalised_student(student: Path, frames: np.ndarray, folder: Path) -> Path:
     """The student with equalised channel ranges (training.distill.equalise_ranges), written
     to `folder`; needs torch."""
-    import torch
-
-    from training.distill import equalise_ranges, student_from_onnx
-    from training.export import _export_graph
+    from training.distill import equalise_ranges, student_from_onnx, write_encoder
 
     module = student_from_onnx(student)
     step = max(1, len(frames) // EQUALISE_FRAMES)
     equalise_ranges(module, frames[::step][:EQUALISE_FRAMES], CALIBRATION_PERCENTILE)
     out = folder / "student.equalised.onnx"
-    _export_graph(module, torch.zeros(2, 3, 128, 128), out, "frames", ["features"], None, {})
+    write_encoder(module, out, {})
     return out
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
