@@ -293,7 +293,7 @@ def bench_pipeline_overhead(
     speed or a busy neighbour moves them together (timing inference apart, in another run,
     varied by up to 20 % here). Also NBHRnet inference alone (encoder and head on repeated
     crops, at the options' precision) on as many frames, for comparison."""
-    from worker.process import nbhrnet_runner, process_segment
+    from worker.process import face_detector, nbhrnet_runner, process_segment
 
     with tempfile.TemporaryDirectory() as tmp:
         archive = Path(tmp) / "faces"
@@ -310,6 +310,7 @@ def bench_pipeline_overhead(
             opts.model_path, opts.model_sha256, opts.nbhrnet_precision, opts.model_int8_sha256
         )
         runner.inference_cpu_s = 0.0
+        face_detector()  # like the sessions: made once per worker process, before the clock
         with _Clock() as c:
             video_s = sum(process_segment(engine, i).video_s for i in plan.segment_ids)
         inside = runner.inference_cpu_s
@@ -386,6 +387,68 @@ def bench_pos_per_core(archive: Path) -> dict[str, Any]:
     return out
 
 
+# Issue 6's other archive formats: (label, codec, size), rendered from the same demo scenes.
+FORMATS = (("raw_640x480", "raw", (640, 480)), ("mjpg_1920x1080", "mjpg", (1920, 1080)))
+FORMAT_SEED = 606
+
+
+def bench_formats(
+    model: Path | None, seconds: float = 30.0, formats: tuple = FORMATS
+) -> dict[str, Any]:
+    """The same synthetic scenes (`nbhr demo --seed 606`, 2 infants x 1 recording of `seconds`,
+    plus the empty cot) written in each of `formats`: uncompressed 640x480 24-bit AVI (NBHR's
+    kind: 0.9 MB a frame, read straight from the file) and 1920x1080 MJPEG. For each: bytes
+    per frame, decoding cost per frame at full size and as `nbhr run` decodes by default,
+    `--estimator pos` end to end per CPU second, and with a model NBHRnet's pipeline overhead
+    (`bench_pipeline_overhead`). The files are deleted after each format (a raw one is
+    about 0.8 GB)."""
+    from nbhr.demo import write_demo_archive
+    from worker.process import crop_decode_width
+
+    out: dict[str, Any] = {}
+    for label, codec, size in formats:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp) / label
+            write_demo_archive(
+                root,
+                subjects=2,
+                seconds=seconds,
+                seed=FORMAT_SEED,
+                recordings_per_subject=1,
+                size=size,
+                jobs=2,
+                codec=codec,
+            )
+            with_face, _ = _split_by_face(sorted(find_videos(root)))
+            info = probe(with_face[0])
+            n_frames = sum(probe(v).n_frames for v in with_face)
+            entry: dict[str, Any] = {
+                "codec": info.codec,
+                "resolution": f"{info.width}x{info.height}",
+                "video_s": n_frames / info.fps,
+                "mb_per_frame": sum(v.stat().st_size for v in with_face) / n_frames / 1e6,
+            }
+            widths = {v: crop_decode_width(v, 0, DETECT_WIDTH) for v in with_face}
+            for key, use in (("full", False), ("as_run", True)):
+                with _Clock() as c:
+                    for v in with_face:
+                        n = probe(v).n_frames
+                        for _ in iter_frames(v, 0, n, widths[v] if use else None):
+                            pass
+                entry[f"decode_ms_per_frame_{key}"] = 1000 * c.cpu / n_frames
+            entry["decode_mb_per_cpu_s_full"] = (
+                entry["mb_per_frame"] * 1000 / entry["decode_ms_per_frame_full"]
+            )
+            opts = ProcessingOptions(estimators=("pos",), decode_min_width=DETECT_WIDTH)
+            pos = bench_end_to_end(root, 1, opts, (("one_process", 1, 1),))["one_process"]
+            entry["pos_video_s_per_cpu_s"] = pos["video_s_per_cpu_s"]
+            if model is not None:
+                opts = nbhrnet_run_options(model)
+                entry["pipeline_overhead"] = bench_pipeline_overhead(with_face, model, opts)
+            out[label] = entry
+    return out
+
+
 def nbhrnet_run_options(model: Path) -> ProcessingOptions:
     """What `nbhr run --estimator nbhrnet --model MODEL` runs by default: the int8 encoder when
     the model has one, MJPEG decoded at reduced size where the crops allow it."""
@@ -434,6 +497,7 @@ def run_bench(archive: Path | None, workers: int, model: Path | None = None) -> 
             ),
             "pos_per_core": bench_pos_per_core(archive),
         }
+        result["formats"] = bench_formats(model)
         if model is not None:
             from model.nbhrnet import NBHRNetRunner
 

@@ -133,6 +133,20 @@ def main() -> None:
 )
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option(
+    "--size",
+    default="640x480",
+    show_default=True,
+    help="Frame size WxH in pixels (the face keeps its share of the frame).",
+)
+@click.option(
+    "--codec",
+    type=click.Choice(["mjpg", "raw"]),
+    default="mjpg",
+    show_default=True,
+    help="mjpg (motion JPEG) or raw (uncompressed 24-bit AVI, bottom-up rows, as capture "
+    "software writes it: 0.9 MB a 640x480 frame, at most 4 GiB a recording).",
+)
+@click.option(
     "--jobs",
     default=1,
     show_default=True,
@@ -146,6 +160,8 @@ def demo(
     recordings: int,
     seconds: float,
     seed: int,
+    size: str,
+    codec: str,
     jobs: int,
     as_json: bool,
 ) -> None:
@@ -154,14 +170,26 @@ def demo(
 
     from nbhr.demo import write_demo_archive
 
-    summary = write_demo_archive(
-        directory,
-        subjects=subjects,
-        seconds=seconds,
-        seed=seed,
-        recordings_per_subject=recordings,
-        jobs=jobs,
-    )
+    try:
+        width, height = (int(v) for v in size.lower().split("x"))
+        if width < 64 or height < 64:
+            raise ValueError
+    except ValueError:
+        message = f"expected WxH, at least 64x64, got {size!r}"
+        raise click.BadParameter(message, param_hint="--size") from None
+    try:
+        summary = write_demo_archive(
+            directory,
+            subjects=subjects,
+            seconds=seconds,
+            seed=seed,
+            recordings_per_subject=recordings,
+            size=(width, height),
+            jobs=jobs,
+            codec=codec,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     if as_json:
         recs = [asdict(r) for r in summary.recordings]
         out = {"root": str(directory), "manifest": str(summary.manifest), "recordings": recs}
@@ -324,9 +352,10 @@ _PLAN_OPTIONS = [
         type=click.Choice(["auto", "fp32", "int8"]),
         default="auto",
         show_default=True,
-        help="NBHRnet's per-frame encoder: int8 (static quantisation, about 1.6x faster; "
-        "model/MODEL_CARD.md gives its accuracy) or fp32. auto: int8 when the model has an int8 "
-        "encoder (`nbhr quantize`), else fp32. The two are separate model versions in results.",
+        help="NBHRnet's per-frame encoder: int8 (static quantisation of a ReLU copy, about "
+        "3.5x faster; model/MODEL_CARD.md gives its accuracy) or fp32. auto: int8 when the "
+        "model has an int8 encoder (`nbhr quantize`), else fp32. The two are separate model "
+        "versions in results.",
     ),
     click.option(
         "--decode",
@@ -1558,6 +1587,16 @@ def bench(directory: Path | None, workers: int, model: Path | None, as_json: boo
         f"full-size frames, {pos['reduced_decode']['video_s_per_cpu_s']:.1f} reduced "
         f"({pos['speedup']:.2f}x)"
     )
+    for label, fmt in result.get("formats", {}).items():
+        line = (
+            f"{label:<13} {fmt['mb_per_frame']:.2f} MB a frame, decode "
+            f"{fmt['decode_ms_per_frame_full']:.2f} ms/frame full size, "
+            f"{fmt['decode_ms_per_frame_as_run']:.2f} as run; pos "
+            f"{fmt['pos_video_s_per_cpu_s']:.1f} video s per CPU s"
+        )
+        if "pipeline_overhead" in fmt:
+            line += f"; nbhrnet pipeline {fmt['pipeline_overhead']['ratio']:.2f}x inference"
+        click.echo(line)
     net = result.get("nbhrnet")
     if net:
         for key in ("threads1_batch1", "threads1_batch8", "threads2_batch1", "threads2_batch8"):

@@ -13,14 +13,17 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 from skimage.data import astronaut
 
 from model.synthetic import hr_trajectory, ppg_wave
+from worker.avi import RAW_AVI_LIMIT, RawAviWriter
 
 PPG_RATE_HZ = 60.0
+CODECS = ("mjpg", "raw")
 """Sample rate of the PPG/HR/SpO2 files, as in the NBHR database."""
 
 # Face box (left, top, right, bottom) that dlib's HOG detector finds in
@@ -114,11 +117,13 @@ def write_demo_archive(
     fps: float = 30.0,
     size: tuple[int, int] = (640, 480),
     jobs: int = 1,
+    codec: str = "mjpg",
 ) -> DemoSummary:
     """Write a synthetic NICU-like archive under ``root``.
 
-    Layout: ``video/<id>.avi`` (MJPG, ``fps``, ``size``), ``PPG/<id>.csv`` (no header; columns
-    PPG in template units, HR in bpm, SpO2 in %; one row per 1/60 s), and ``manifest.csv``
+    Layout: ``video/<id>.avi`` (MJPG or uncompressed, ``fps``, ``size``), ``PPG/<id>.csv`` (no
+    header; columns PPG in template units, HR in bpm, SpO2 in %; one row per 1/60 s), and
+    ``manifest.csv``
     (header ``recording,subject``; video path relative to ``root``). Ids are start times
     ``YYYYMMDD_HHMMSS``. ``subjects * recordings_per_subject`` recordings show a face; one
     more, filed under ``infant_001``, shows only the blanket (the infant out of view) and still
@@ -134,12 +139,23 @@ def write_demo_archive(
         fps: video frame rate in Hz.
         size: (width, height) of the video in pixels.
         jobs: processes that render recordings in parallel (the files are the same for any).
+        codec: "mjpg" (motion JPEG, quality 85) or "raw" (uncompressed 24-bit BGR, bottom-up
+            rows: what capture software writes and archives like NBHR hold, 0.9 MB a
+            640x480 frame; worker.avi.RawAviWriter, AVI 1.0, so at most 4 GiB a recording).
 
     Returns:
         DemoSummary listing recordings, subjects and the mean reference HR of each recording.
     """
     if subjects < 1 or recordings_per_subject < 1 or seconds <= 0 or fps <= 0:
         raise ValueError("subjects, recordings_per_subject, seconds and fps must be positive")
+    if codec not in CODECS:
+        raise ValueError(f"codec must be one of {CODECS}, got {codec!r}")
+    if codec == "raw" and raw_avi_bytes(seconds, fps, size) > RAW_AVI_LIMIT:
+        longest = RAW_AVI_LIMIT / raw_avi_bytes(1.0, fps, size)
+        raise ValueError(
+            f"uncompressed {size[0]}x{size[1]} recordings at {fps:g} fps fit in one AVI 1.0 file "
+            f"up to {longest:.0f} s; ask for fewer --seconds"
+        )
     root = Path(root)
     (root / "video").mkdir(parents=True, exist_ok=True)
     (root / "PPG").mkdir(parents=True, exist_ok=True)
@@ -154,7 +170,7 @@ def write_demo_archive(
     starts = _start_times(layout_rng, len(plan), seconds)
 
     tasks = [
-        (root, start.strftime("%Y%m%d_%H%M%S"), ss, seconds, fps, size, looks, infant)
+        (root, start.strftime("%Y%m%d_%H%M%S"), ss, seconds, fps, size, looks, infant, codec)
         for infant, start, ss in zip(plan, starts, recording_ss.spawn(len(plan)), strict=True)
     ]
     # Each recording draws from its own seed sequence, so the files do not depend on `jobs`.
@@ -172,7 +188,7 @@ def write_demo_archive(
             has_face=infant is not None,
             mean_hr_bpm=mean_hr,
         )
-        for (_, rec_id, _, _, _, _, _, infant), mean_hr in zip(tasks, mean_hrs, strict=True)
+        for (_, rec_id, _, _, _, _, _, infant, _), mean_hr in zip(tasks, mean_hrs, strict=True)
     ]
 
     manifest = root / "manifest.csv"
@@ -208,9 +224,9 @@ def _draw_look(rng: np.random.Generator) -> _Look:
 
 
 def _write_recording_task(task: tuple) -> float:
-    root, rec_id, ss, seconds, fps, size, looks, infant = task
+    root, rec_id, ss, seconds, fps, size, looks, infant, codec = task
     rng = np.random.default_rng(ss)
-    return _write_recording(root, rec_id, rng, seconds, fps, size, looks, infant)
+    return _write_recording(root, rec_id, rng, seconds, fps, size, looks, infant, codec)
 
 
 def _write_recording(
@@ -222,6 +238,7 @@ def _write_recording(
     size: tuple[int, int],
     looks: list[_Look],
     infant: int | None,
+    codec: str = "mjpg",
 ) -> float:
     """Write ``PPG/<rec_id>.csv`` and ``video/<rec_id>.avi``; returns the mean HR in bpm."""
     t_ppg = np.arange(int(round(seconds * PPG_RATE_HZ))) / PPG_RATE_HZ
@@ -246,7 +263,8 @@ def _write_recording(
         sway_px = 4.0
     affines = _motion(rng, t_video, scene, size, sway_px, resp_rate)
     gains = _illumination(rng, t_video)
-    _render(root / "video" / f"{rec_id}.avi", scene, pulse, affines, gains, rng, fps, size)
+    path = root / "video" / f"{rec_id}.avi"
+    _render(path, scene, pulse, affines, gains, rng, fps, size, codec)
     return float(hr.mean())
 
 
@@ -397,8 +415,9 @@ def _render(
     rng: np.random.Generator,
     fps: float,
     size: tuple[int, int],
+    codec: str = "mjpg",
 ) -> None:
-    """Compose and MJPG-encode the frames: pulse on skin, motion, light, sensor noise.
+    """Compose and encode the frames (MJPG or raw): pulse on skin, motion, light, sensor noise.
 
     Args:
         path: .avi file to write.
@@ -409,6 +428,7 @@ def _render(
         rng: random generator for the sensor noise.
         fps: frame rate in Hz.
         size: (width, height) in pixels.
+        codec: "mjpg" or "raw" (write_demo_archive).
     """
     width, height = size
     image, pulse_map, affines = _crop_to_view(scene, affines, size)
@@ -418,11 +438,7 @@ def _render(
     bank *= noise_sd
     picks = rng.integers(0, [_NOISE_BANK, pad, pad], size=(len(pulse), 3))
 
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
-    if not writer.isOpened():
-        raise RuntimeError(f"OpenCV cannot write MJPG video to {path}")
-    # Honoured by OpenCV's own MJPEG writer; the FFmpeg backend keeps its default quantiser.
-    writer.set(cv2.VIDEOWRITER_PROP_QUALITY, 85)
+    writer = _video_writer(path, fps, size, codec)
     src = np.empty_like(image)
     frame = np.empty((height, width, 3), np.float32)
     try:
@@ -442,6 +458,24 @@ def _render(
             writer.write(cv2.convertScaleAbs(frame))
     finally:
         writer.release()
+
+
+def _video_writer(path: Path, fps: float, size: tuple[int, int], codec: str) -> Any:
+    """An object with write(frame) and release()."""
+    if codec == "raw":
+        return RawAviWriter(path, fps, size)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot write MJPG video to {path}")
+    # Honoured by OpenCV's own MJPEG writer; the FFmpeg backend keeps its default quantiser.
+    writer.set(cv2.VIDEOWRITER_PROP_QUALITY, 85)
+    return writer
+
+
+def raw_avi_bytes(seconds: float, fps: float, size: tuple[int, int]) -> int:
+    """Bytes of an uncompressed 24-bit AVI of this length and size (frames and their index)."""
+    stride = (size[0] * 3 + 3) & ~3
+    return int(round(seconds * fps)) * (stride * size[1] + 8 + 16) + 4096
 
 
 def _crop_to_view(

@@ -77,6 +77,27 @@ def test_tracker_interpolates_and_never_falls_back_to_full_frame(
     assert max(steps) < 5.0
 
 
+def test_detection_near_the_last_box_then_in_the_whole_frame(
+    detector: FaceDetector, portrait: np.ndarray
+) -> None:
+    full = detector.detect(portrait, full=False)
+    assert full is not None
+    # Near the last box (given a little off, as a moving face leaves it): the same face.
+    off = Box(full.x + 0.15 * full.w, full.y - 0.1 * full.h, full.w, full.h)
+    near = detector.detect(portrait, full=False, near=off)
+    assert near is not None and near.iou(full) > 0.6
+    # The face moved 200 px to the left: nothing in the square around the last box, so only
+    # the whole-frame search finds it, and it does.
+    shifted = np.full_like(portrait, 90)
+    shifted[:, :280] = portrait[:, 200:480]
+    gray = cv2.cvtColor(
+        cv2.resize(shifted, (320, 240), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY
+    )
+    assert detector._detect_near(gray, Box(*(v / 2 for v in off.astuple()))) is None
+    moved = detector.detect(shifted, full=False, near=off)
+    assert moved is not None and abs(moved.cx - (full.cx - 200)) < 0.2 * full.w
+
+
 def test_skin_mean_ignores_non_skin(portrait: np.ndarray) -> None:
     box = Box(260, 60, 120, 140)
     m = skin_mean(portrait, box)

@@ -11,6 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from worker.avi import AviError, RawAviReader, RawLayout, read_layout
+
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".m4v")
 
 
@@ -85,8 +87,44 @@ def open_capture(path: Path) -> cv2.VideoCapture:
     return cap
 
 
+def raw_layout(path: Path) -> RawLayout | None:
+    """The frame layout of an uncompressed AVI (read by worker.avi, not by OpenCV), or None for
+    any other video; VideoError for an uncompressed AVI with broken headers."""
+    _check_readable(path)
+    try:
+        return read_layout(path)
+    except AviError as exc:
+        raise VideoError(str(exc)) from None
+    except OSError as exc:
+        raise VideoError(unreadable_reason(path, exc)) from None
+
+
+def _probe_raw(path: Path, layout: RawLayout) -> VideoInfo:
+    if layout.rate == 0 or layout.scale == 0 or not 0 < layout.fps <= 1000:
+        raise VideoError(
+            f"video header gives a rate of {layout.rate}/{layout.scale} fps; frames cannot be "
+            "placed in time"
+        )
+    with RawAviReader(path, layout) as reader:
+        if reader.read(0) is None:
+            raise VideoError(
+                f"no decodable frames (uncompressed AVI with {layout.n_frames} indexed frames; "
+                "empty or truncated)"
+            )
+    return VideoInfo(
+        fps=layout.fps,
+        n_frames=layout.n_frames,
+        width=layout.width,
+        height=layout.height,
+        codec=layout.codec,
+    )
+
+
 def probe(path: Path) -> VideoInfo:
     """Read the header and the first frame; raise VideoError when the video is unusable."""
+    layout = raw_layout(path)
+    if layout is not None:
+        return _probe_raw(path, layout)
     cap = open_capture(path)
     try:
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
@@ -145,7 +183,17 @@ def iter_frames(
     narrower than this; callers then work in those frames' pixels. Other codecs, and MJPEG
     without it, come at full size.
     Stops early, without error, where the file ends before `stop` (truncated video).
+    Uncompressed AVI is read straight from the file (worker.avi), at full size.
     """
+    layout = raw_layout(path)
+    if layout is not None:
+        with RawAviReader(path, layout) as reader:
+            for index in range(start, min(stop, layout.n_frames)):
+                frame = reader.read(index)
+                if frame is None:
+                    return
+                yield index, frame
+        return
     cap = open_capture(path)
     try:
         scale = jpeg_scale(_fourcc(cap), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), min_width)
