@@ -1570,7 +1570,8 @@ def bench(directory: Path | None, workers: int, model: Path | None, as_json: boo
     )
     click.echo(
         f"face detect   {f['ms_per_detection']:.1f} ms per detection "
-        f"({f['ms_per_video_s_at_2hz']:.0f} ms per video s at 2 Hz)"
+        f"({f['ms_per_video_s_at_2hz']:.0f} ms per video s at 2 Hz), "
+        f"{f.get('ms_per_detection_near_last_box', float('nan')):.1f} ms near the last box"
     )
     if "ms_per_failed_full_cascade" in f:
         click.echo(f"no face       {f['ms_per_failed_full_cascade']:.0f} ms per full retry cascade")

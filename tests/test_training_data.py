@@ -24,8 +24,9 @@ from training.data import (
     ubfc_windows,
 )
 from worker.crops import face_crop, windows_of
-from worker.faces import FaceDetector, FaceTracker
-from worker.video import iter_frames, probe
+from worker.faces import FaceDetector
+from worker.track import tracked_frames
+from worker.video import probe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,14 +87,10 @@ def test_crops_come_from_the_workers_crop_path(windows: list[Window]) -> None:
     first = windows[0]
     video = Path(first.recording)
     info = probe(video)
-    tracker = FaceTracker(FaceDetector(), info.fps)
 
     def crops():
-        for index, frame in iter_frames(video, 0, info.n_frames):
-            for _, f, box in tracker.push(index, frame):
-                yield None if box is None else face_crop(f, box)
-        for _, f, box in tracker.flush():
-            yield None if box is None else face_crop(f, box)
+        for _, frame, box in tracked_frames(video, 0, info.n_frames, info.fps, FaceDetector()):
+            yield None if box is None else face_crop(frame, box)
 
     expected = [w for _, w in windows_of(crops(), info.fps, info.n_frames)]
     got = [w.frames for w in windows if w.recording == first.recording]

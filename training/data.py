@@ -23,9 +23,9 @@ from model.reference import ReferenceSeries, ppg_target, reference_hr
 from scheduler.discover import find_videos, load_manifest, subject_from_path
 from scheduler.references import NBHR_PPG_RATE_HZ, load_references
 from worker.crops import MODEL_FPS, WINDOW_FRAMES, face_crop, windows_of
-from worker.faces import FaceTracker
 from worker.process import face_detector
-from worker.video import VideoError, iter_frames, probe
+from worker.track import tracked_frames
+from worker.video import VideoError, probe
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +57,8 @@ class Window:
 
 def _crops(video: Path, fps: float, n_frames: int) -> Iterator[np.ndarray | None]:
     """Per-frame face crops of a video in frame order (None where no face was tracked)."""
-    tracker = FaceTracker(face_detector(), fps)
-    for index, frame in iter_frames(video, 0, n_frames):
-        for _, f, box in tracker.push(index, frame):
-            yield None if box is None else face_crop(f, box)
-    for _, f, box in tracker.flush():
-        yield None if box is None else face_crop(f, box)
+    for _, frame, box in tracked_frames(video, 0, n_frames, fps, face_detector()):
+        yield None if box is None else face_crop(frame, box)
 
 
 def video_windows(

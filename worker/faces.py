@@ -197,6 +197,25 @@ class FaceTracker:
             box = self._prev.blend(box, self.smoothing)
         return box
 
+    def observe(self, frame: np.ndarray) -> Box | None:
+        """One detection on its own (what push does on every `interval`-th frame): the
+        settled box of this frame, for a caller that reads only the detection frames first
+        and places the frames between them with `between`."""
+        box = self._observe(frame)
+        self._prev = box
+        return box
+
+    @staticmethod
+    def between(prev: Box | None, nxt: Box | None, i: int, n: int) -> Box | None:
+        """The box of the i-th of n frames from a detection with box `prev` up to the next one
+        (box `nxt`): interpolated, held where the next detection found nothing, None where
+        there was no face at `prev`."""
+        if prev is None:
+            return None
+        if nxt is None:
+            return prev
+        return prev.blend(nxt, i / n)
+
     def push(self, index: int, frame: np.ndarray) -> list[tuple[int, np.ndarray, Box | None]]:
         out: list[tuple[int, np.ndarray, Box | None]] = []
         if self._n % self.interval == 0:
@@ -211,16 +230,10 @@ class FaceTracker:
         prev, pending = self._prev, self._pending
         self._pending = []
         n = len(pending)
-        out = []
-        for i, (index, frame) in enumerate(pending):
-            if prev is None:
-                box = None
-            elif nxt is None:
-                box = prev
-            else:
-                box = prev.blend(nxt, i / n)
-            out.append((index, frame, box))
-        return out
+        return [
+            (index, frame, self.between(prev, nxt, i, n))
+            for i, (index, frame) in enumerate(pending)
+        ]
 
     def flush(self) -> list[tuple[int, np.ndarray, Box | None]]:
         return self._release(self._prev)

@@ -38,8 +38,9 @@ from worker.crops import (
     resample_indices,
     windows_of,
 )
-from worker.faces import Box, FaceDetector, FaceTracker, region_mean, skin_mean
+from worker.faces import Box, FaceDetector, region_mean, skin_mean
 from worker.options import NBHRNET, NBHRNET_PPG, NBHRNET_WINDOW_S, ProcessingOptions, WindowGrid
+from worker.track import tracked_frames
 from worker.video import VideoError, iter_frames
 
 # A running segment's lease: renewed every RENEW_EVERY_S while it runs, so a dead worker's
@@ -177,19 +178,17 @@ def extract_trace(
             crops.append(_crop(frame, box, found, roi))
 
     fixed = None if roi in ("face", "full") else Box.parse(roi)
-    tracker = FaceTracker(face_detector(), fps) if roi == "face" else None
-    for index, frame in iter_frames(path, start, stop, min_width):
-        if tracker is None:
-            keep(frame, fixed, True)
-        else:
-            for _, f, box in tracker.push(index, frame):
-                keep(f, box, box is not None)
+    if roi == "face":
+        frames = tracked_frames(path, start, stop, fps, face_detector(), min_width)
+    else:
+        frames = (
+            (index, frame, fixed) for index, frame in iter_frames(path, start, stop, min_width)
+        )
+    for _, frame, box in frames:
+        keep(frame, box, roi != "face" or box is not None)
         if renew is not None and time.monotonic() - last_renew > RENEW_EVERY_S:
             renew()
             last_renew = time.monotonic()
-    if tracker is not None:
-        for _, f, box in tracker.flush():
-            keep(f, box, box is not None)
     if not rgb:
         return Trace(np.empty((0, 3)), np.empty(0, dtype=bool), start)
     rgb_arr = np.vstack(rgb)

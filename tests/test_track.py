@@ -1,0 +1,58 @@
+"""Frames with face boxes: the detections-first way for uncompressed AVI gives exactly the boxes
+and frames of the one-pass way, on a real rendered video, also where the face leaves the view
+and where the file is cut short."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from worker.avi import RawAviWriter
+from worker.faces import FaceDetector
+from worker.track import tracked_frames
+from worker.video import iter_frames, probe
+
+
+@pytest.fixture(scope="module")
+def raw_video(face_videos: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A demo face video copied frame by frame into an uncompressed AVI, its last 2 s an empty
+    grey frame (the face gone: held for a second, then no box)."""
+    src = face_videos[0]
+    info = probe(src)
+    path = tmp_path_factory.mktemp("raw") / "face.avi"
+    frames = [f for _, f in iter_frames(src, 0, 300)]
+    frames += [np.full_like(frames[0], 90)] * 60
+    with RawAviWriter(path, info.fps, (info.width, info.height)) as writer:
+        for f in frames:
+            writer.write(f)
+    return path
+
+
+def _both(path: Path, start: int, stop: int) -> tuple[list, list]:
+    ways = []
+    for random_access in (False, True):
+        out = tracked_frames(path, start, stop, 30.0, FaceDetector(), None, random_access)
+        ways.append(list(out))
+    return ways[0], ways[1]
+
+
+@pytest.mark.parametrize(("start", "stop"), [(0, 360), (37, 251), (300, 360)])
+def test_detections_first_gives_the_one_pass_boxes(raw_video: Path, start: int, stop: int) -> None:
+    one_pass, first = _both(raw_video, start, stop)
+    assert [i for i, _, _ in first] == [i for i, _, _ in one_pass] == list(range(start, stop))
+    assert [b for _, _, b in first] == [b for _, _, b in one_pass]
+    assert all(np.array_equal(a, b) for (_, a, _), (_, b, _) in zip(first, one_pass, strict=True))
+    boxes = [b for _, _, b in first]
+    if start == 0:
+        assert all(b is not None for b in boxes[:300]) and boxes[-1] is None
+
+
+def test_a_file_cut_short_ends_both_ways_alike(raw_video: Path, tmp_path: Path) -> None:
+    data = raw_video.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) * 2 // 3])  # the index and the last third are gone
+    one_pass, first = _both(cut, 0, 360)
+    assert 200 < len(first) == len(one_pass) < 360
+    assert [b for _, _, b in first] == [b for _, _, b in one_pass]
