@@ -106,7 +106,7 @@ def _video_stream(fh: BinaryIO, hdrl_at: int, hdrl_size: int) -> _Stream | None:
                 fh.seek(a)
                 parts[t] = fh.read(s)
         strh = parts.get(b"strh", b"")
-        if strh[:4] == b"vids" and len(parts.get(b"strf", b"")) >= 40:
+        if strh[:4] == b"vids" and len(strh) >= 28 and len(parts.get(b"strf", b"")) >= 40:
             return _Stream(number, strh, parts[b"strf"], parts.get(b"indx"))
         number += 1
     return None
@@ -116,8 +116,14 @@ def _video_stream(fh: BinaryIO, hdrl_at: int, hdrl_size: int) -> _Stream | None:
 class _Headers:
     stream: _Stream
     movi: list[tuple[int, int]]  # (data offset, size) of each 'movi' list
-    idx1: bytes | None
+    idx1: tuple[int, int] | None  # (data offset, size) of the AVI 1.0 index, read when used
     file_size: int
+
+    @property
+    def rate(self) -> tuple[int, int]:
+        """(dwRate, dwScale) of the video stream: frames per second = rate / scale."""
+        scale, rate = struct.unpack_from("<II", self.stream.strh, 20)
+        return rate, scale
 
 
 def _headers(fh: BinaryIO) -> _Headers | None:
@@ -140,9 +146,17 @@ def _headers(fh: BinaryIO) -> _Headers | None:
             elif (t, k) == (b"LIST", b"movi"):
                 movi.append((a, s))
             elif t == b"idx1" and idx1 is None:
-                fh.seek(a)
-                idx1 = fh.read(s)
+                idx1 = (a, s)
     return None if stream is None else _Headers(stream, movi, idx1, file_size)
+
+
+def video_rate(path: Path) -> tuple[int, int] | None:
+    """(dwRate, dwScale) of an AVI's first video stream header, or None when `path` is not an
+    AVI with one. FFmpeg replaces a zero rate with a guess of 25 fps, which would silently
+    misplace every frame in time; reading the header lets such files fail with a clear reason."""
+    with open(path, "rb") as fh:
+        h = _headers(fh)
+    return None if h is None else h.rate
 
 
 INDEX_SOURCES = ("auto", "indx", "idx1", "scan")
@@ -168,7 +182,8 @@ def _frame_index(fh: BinaryIO, h: _Headers, source: str) -> tuple[np.ndarray, np
     if source in ("auto", "indx"):
         table = _super_index(fh, h.stream.indx)
     if table is None and source in ("auto", "idx1") and h.idx1 is not None and h.movi:
-        table = _idx1_table(fh, h.idx1, ids, h.movi[0][0])
+        fh.seek(h.idx1[0])
+        table = _idx1_table(fh, fh.read(h.idx1[1]), ids, h.movi[0][0])
     if table is None and source in ("auto", "scan"):
         table = _scan_movi(fh, h.movi, ids, h.file_size)
     return table
@@ -186,7 +201,7 @@ def read_layout(path: Path) -> RawLayout | None:
             return None  # compressed, palettised or 16-bit: OpenCV's decoders handle those
         if width <= 0 or height == 0:
             raise AviError(f"uncompressed AVI with a {width} x {height} frame size")
-        scale, rate = struct.unpack_from("<II", h.stream.strh, 20)
+        rate, scale = h.rate
         table = _frame_index(fh, h, "auto")
         assert table is not None  # a scan always gives a table, if an empty one
         offsets, sizes = table

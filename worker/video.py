@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from worker.avi import AviError, RawAviReader, RawLayout, read_layout
+from worker.avi import AviError, RawAviReader, RawLayout, read_layout, video_rate
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".m4v")
 
@@ -59,25 +58,6 @@ def _check_readable(path: Path) -> None:
         raise VideoError("empty file (0 bytes)")
 
 
-def avi_video_rate(path: Path) -> tuple[int, int] | None:
-    """(dwRate, dwScale) of the first video stream header of an AVI file, or None.
-
-    FFmpeg replaces a zero rate with a guess of 25 fps, which would silently misplace every
-    frame in time; reading the header ourselves lets such files fail with a clear reason.
-    """
-    with path.open("rb") as fh:
-        head = fh.read(1 << 16)
-    if head[:4] != b"RIFF" or head[8:12] != b"AVI ":
-        return None
-    at = head.find(b"strh")
-    while at != -1 and at + 32 <= len(head):
-        if head[at + 8 : at + 12] == b"vids":
-            scale, rate = struct.unpack_from("<II", head, at + 28)
-            return rate, scale
-        at = head.find(b"strh", at + 4)
-    return None
-
-
 def open_capture(path: Path) -> cv2.VideoCapture:
     _check_readable(path)
     cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
@@ -100,7 +80,7 @@ def raw_layout(path: Path) -> RawLayout | None:
 
 
 def _probe_raw(path: Path, layout: RawLayout) -> VideoInfo:
-    if layout.rate == 0 or layout.scale == 0 or not 0 < layout.fps <= 1000:
+    if not 0 < layout.fps <= 1000:  # a zero rate or scale gives 0
         raise VideoError(
             f"video header gives a rate of {layout.rate}/{layout.scale} fps; frames cannot be "
             "placed in time"
@@ -137,7 +117,7 @@ def probe(path: Path) -> VideoInfo:
             raise VideoError(
                 f"no decodable frames (header says {n_frames} frames; zero-frame or corrupt video)"
             )
-        rate = avi_video_rate(path)
+        rate = video_rate(path)
         if rate is not None and (rate[0] == 0 or rate[1] == 0):
             fps = 0.0
         if not np.isfinite(fps) or fps <= 0 or fps > 1000:
