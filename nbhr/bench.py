@@ -499,6 +499,7 @@ def run_bench(archive: Path | None, workers: int, model: Path | None = None) -> 
             "machine": {
                 "cpus": os.cpu_count(),
                 "processor": platform.processor() or platform.machine(),
+                **_cpu_model(),
                 "opencv": cv2.__version__,
             },
             "archive": {"path": str(archive), "videos": len(videos)},
@@ -546,6 +547,22 @@ def run_bench(archive: Path | None, workers: int, model: Path | None = None) -> 
                         "video_s_per_cpu_s": entry["video_s_per_cpu_s"],
                     }
     return result
+
+
+def _cpu_model() -> dict[str, Any]:
+    """The CPU's model name and the instruction sets the int8 kernels can use, from
+    /proc/cpuinfo (Linux; empty elsewhere): the same 2-core machine kind has come with AMD
+    and with Intel CPUs here, and the figures differ between them (README)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields = dict(
+        (k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in text.splitlines())
+    )
+    flags = set(fields.get("flags", "").split())
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+    return {"cpu_model": fields.get("model name"), "cpu_flags": [f for f in wanted if f in flags]}
 
 
 def _split_by_face(videos: list[Path]) -> tuple[list[Path], list[Path]]:

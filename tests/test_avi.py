@@ -129,6 +129,33 @@ def test_opendml_super_index_bgra_and_dropped_frames(tmp_path: Path) -> None:
         assert np.array_equal(got[i], frames[4 if i == 5 else i])
 
 
+@pytest.mark.parametrize("bottom_up", [True, False])
+def test_a_part_of_a_frame_is_read_in_place(tmp_path: Path, bottom_up: bool) -> None:
+    frames = _frames(6, (66, 50), seed=4)
+    path = _write(tmp_path / "part.avi", frames, bottom_up)
+    layout = read_layout(path)
+    with RawAviReader(path, layout) as reader:
+        for i, (x0, y0, x1, y1) in enumerate([(0, 0, 66, 50), (5, 7, 31, 29), (65, 49, 66, 50)]):
+            part = reader.read_part(i, x0, y0, x1, y1)
+            assert part.shape == frames[i].shape
+            assert np.array_equal(part[y0:y1, x0:x1], frames[i][y0:y1, x0:x1])
+        # A whole frame read after a part is whole again (the buffer held only the band).
+        assert np.array_equal(reader.read(2), frames[2])
+        with pytest.raises(ValueError, match="not inside"):
+            reader.read_part(0, 10, 10, 70, 20)
+        assert reader.read_part(6, 0, 0, 5, 5) is None
+
+
+def test_parts_of_bgra_and_dropped_frames(tmp_path: Path) -> None:
+    frames = _frames(5, (40, 30), seed=5)
+    path = tmp_path / "odml.avi"
+    _opendml(path, [[frames[0], frames[1], None, frames[3], frames[4]]])
+    with RawAviReader(path, read_layout(path)) as reader:
+        for i in range(5):
+            part = reader.read_part(i, 3, 4, 25, 21)
+            assert np.array_equal(part[4:21, 3:25], frames[1 if i == 2 else i][4:21, 3:25])
+
+
 def test_a_file_cut_short_reads_up_to_its_last_whole_frame(tmp_path: Path) -> None:
     frames = _frames(10, (64, 48), seed=3)
     path = _write(tmp_path / "cut.avi", frames)

@@ -1,6 +1,7 @@
 """Frames with face boxes: the detections-first way for uncompressed AVI gives exactly the boxes
 and frames of the one-pass way, on a real rendered video, also where the face leaves the view
-and where the file is cut short."""
+and where the file is cut short; reading only the part around each box gives exactly the crops
+and skin colours of the whole frames."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 
 from worker.avi import RawAviWriter
-from worker.faces import FaceDetector
+from worker.crops import crop_region, face_crop
+from worker.faces import FaceDetector, skin_mean
 from worker.track import tracked_frames
 from worker.video import iter_frames, probe
 
@@ -56,3 +58,23 @@ def test_a_file_cut_short_ends_both_ways_alike(raw_video: Path, tmp_path: Path) 
     one_pass, first = _both(cut, 0, 360)
     assert 200 < len(first) == len(one_pass) < 360
     assert [b for _, _, b in first] == [b for _, _, b in one_pass]
+
+
+@pytest.mark.parametrize(("start", "stop"), [(0, 360), (37, 251)])
+def test_parts_around_the_box_give_the_whole_frames_crops(
+    raw_video: Path, start: int, stop: int
+) -> None:
+    whole = list(tracked_frames(raw_video, start, stop, 30.0, FaceDetector()))
+    parts = list(tracked_frames(raw_video, start, stop, 30.0, FaceDetector(), part=True))
+    assert [(i, b) for i, _, b in parts] == [(i, b) for i, _, b in whole]
+    with_box = [(w, p, b) for (_, w, b), (_, p, _) in zip(whole, parts, strict=True) if b]
+    assert len(with_box) > 100
+    for w, p, box in with_box:
+        assert np.array_equal(face_crop(p, box), face_crop(w, box))
+        assert np.array_equal(skin_mean(p, box), skin_mean(w, box), equal_nan=True)
+        x0, y0, x1, y1 = crop_region(box, w.shape[1], w.shape[0])
+        assert (x1 - x0) * (y1 - y0) < 0.5 * w.shape[0] * w.shape[1]  # a part, not the frame
+    # Frames without a box (the face gone at the end) come whole.
+    without = [(w, p) for (_, w, b), (_, p, _) in zip(whole, parts, strict=True) if b is None]
+    assert len(without) == (30 if start == 0 else 0)
+    assert all(np.array_equal(p, w) for w, p in without)

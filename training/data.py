@@ -57,7 +57,7 @@ class Window:
 
 def _crops(video: Path, fps: float, n_frames: int) -> Iterator[np.ndarray | None]:
     """Per-frame face crops of a video in frame order (None where no face was tracked)."""
-    for _, frame, box in tracked_frames(video, 0, n_frames, fps, face_detector()):
+    for _, frame, box in tracked_frames(video, 0, n_frames, fps, face_detector(), part=True):
         yield None if box is None else face_crop(frame, box)
 
 

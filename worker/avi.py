@@ -303,18 +303,32 @@ class RawAviReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _stored(self, index: int) -> int | None:
+        """The stored frame that frame `index` shows (a dropped frame shows the last stored one
+        before it, as a player does); None past the end or where the file is cut short."""
+        lay = self.layout
+        if not 0 <= index < lay.n_frames:
+            return None
+        k = index
+        while k >= 0 and lay.sizes[k] == 0:
+            k -= 1
+        if k < 0 or lay.sizes[k] < lay.frame_bytes:
+            return None
+        return k
+
+    def _pixels(self, rows: np.ndarray) -> np.ndarray:
+        """Stored rows (n, stride) as (n, width, bytes per pixel) without their padding."""
+        lay = self.layout
+        return rows[:, : lay.width * lay.bits // 8].reshape(len(rows), lay.width, lay.bits // 8)
+
     def read(self, index: int) -> np.ndarray | None:
         """Frame `index` as a new contiguous array; None past the end or where the file is cut
         short. The bytes are read into one reused buffer, then copied out once, flipping a
         bottom-up file's rows on the way (a reversed view instead costs more downstream:
         OpenCV copies a view with a negative stride whole for every call that reads it)."""
         lay = self.layout
-        if not 0 <= index < lay.n_frames:
-            return None
-        k = index
-        while k >= 0 and lay.sizes[k] == 0:
-            k -= 1  # a dropped frame: the last stored frame before it, as a player shows it
-        if k < 0 or lay.sizes[k] < lay.frame_bytes:
+        k = self._stored(index)
+        if k is None:
             return None
         if k != self._last:
             self._last = None
@@ -322,12 +336,42 @@ class RawAviReader:
             if self._fh.readinto(memoryview(self._buf)) != lay.frame_bytes:
                 return None
             self._last = k
-        rows = self._buf.reshape(lay.height, lay.stride)[:, : lay.width * lay.bits // 8]
-        image = rows.reshape(lay.height, lay.width, lay.bits // 8)
+        image = self._pixels(self._buf.reshape(lay.height, lay.stride))
         if lay.bits == 32:
             image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)  # a new array
             return cv2.flip(image, 0) if lay.bottom_up else image
         return cv2.flip(image, 0) if lay.bottom_up else image.copy()
+
+    def read_part(self, index: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray | None:
+        """Frame `index` as a new full-size array of which only columns [x0, x1) of rows
+        [y0, y1) are read from the file and set; the rest is left unset. Only the stored rows
+        of that band are read (a frame's rows lie one after another in the file, bottom row
+        first in a bottom-up file) and only the part is flipped. The part keeps its place in
+        the frame, so whatever samples it (worker.crops.face_crop) computes exactly what it
+        computes on the whole frame: OpenCV's warps round coordinates in float32, and a part
+        cut out and moved to the origin gave crops 1 level apart on a third of the boxes."""
+        lay = self.layout
+        k = self._stored(index)
+        if k is None:
+            return None
+        if not (0 <= x0 < x1 <= lay.width and 0 <= y0 < y1 <= lay.height):
+            raise ValueError(f"part {x0},{y0}-{x1},{y1} is not inside {lay.width}x{lay.height}")
+        first = lay.height - y1 if lay.bottom_up else y0  # the band's first stored row
+        n = (y1 - y0) * lay.stride
+        self._last = None  # the buffer no longer holds one whole frame
+        self._fh.seek(int(lay.offsets[k]) + first * lay.stride)
+        if self._fh.readinto(memoryview(self._buf[:n])) != n:
+            return None
+        part = self._pixels(self._buf[:n].reshape(y1 - y0, lay.stride))[:, x0:x1]
+        frame = np.empty((lay.height, lay.width, 3), np.uint8)
+        target = frame[y0:y1, x0:x1]
+        if lay.bits == 32:
+            part = cv2.cvtColor(part, cv2.COLOR_BGRA2BGR)
+        if lay.bottom_up:
+            cv2.flip(part, 0, dst=target)
+        else:
+            target[...] = part
+        return frame
 
 
 class RawAviWriter:

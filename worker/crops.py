@@ -6,6 +6,7 @@ never sees crops made differently from the ones it was trained on.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 
 import cv2
@@ -37,6 +38,18 @@ def face_crop(frame_bgr: np.ndarray, box: Box, size: int = CROP_SIZE) -> np.ndar
         frame_bgr, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
     return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
+
+
+def crop_region(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1): the pixels of a width x height frame that `face_crop` may read for
+    `box` (its square, a margin for the bilinear neighbours, and the frame's edge pixels that
+    the border replicates), which also hold the box itself. Never empty."""
+    half = CROP_SCALE * max(box.w, box.h) / 2
+    x0 = min(max(math.floor(box.cx - half) - 2, 0), width - 1)
+    y0 = min(max(math.floor(box.cy - half) - 2, 0), height - 1)
+    x1 = max(min(math.ceil(box.cx + half) + 3, width), x0 + 1)
+    y1 = max(min(math.ceil(box.cy + half) + 3, height), y0 + 1)
+    return x0, y0, x1, y1
 
 
 def resample_indices(n_in: int, fps_in: float, fps_out: float = MODEL_FPS) -> np.ndarray:

@@ -179,7 +179,7 @@ def extract_trace(
 
     fixed = None if roi in ("face", "full") else Box.parse(roi)
     if roi == "face":
-        frames = tracked_frames(path, start, stop, fps, face_detector(), min_width)
+        frames = tracked_frames(path, start, stop, fps, face_detector(), min_width, part=True)
     else:
         frames = (
             (index, frame, fixed) for index, frame in iter_frames(path, start, stop, min_width)
