@@ -8,8 +8,8 @@ AVI, worker.avi), the detection frames are read first and every frame is then ha
 its box the moment it is read, while it is still in cache: measured on 640x480 raw frames,
 0.17 instead of 0.32 ms a frame for reading and cropping. Both ways give the same boxes
 (tests/test_track.py). A caller that only crops the face can ask for just the part of each
-frame around its box: the rows of that band (about half the frame for a newborn's face at
-640x480) are all that is read, and only the part is flipped.
+frame around its box: the rows of that band (about half the rows of the demo's 640x480
+frames) are all that is read, and only the part is flipped.
 """
 
 from __future__ import annotations
