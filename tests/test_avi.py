@@ -162,13 +162,18 @@ def test_a_file_cut_short_reads_up_to_its_last_whole_frame(tmp_path: Path) -> No
     data = path.read_bytes()
     frame_bytes = 64 * 3 * 48
     # Cut inside frame 7's bytes: the index at the end and frames 7-9 are gone.
-    cut = data.find(b"00db", data.find(b"movi")) + 8 + 7 * (frame_bytes + 8) + 100
+    cut = data.find(b"00db", data.find(b"movi")) + 8 + 7 * (frame_bytes + 8) + 1000
     path.write_bytes(data[:cut])
     layout = read_layout(path)
     assert layout.n_frames == 8  # frame 7's header is there, its bytes are not all there
     got = list(iter_frames(path, 0, 10))
     assert [i for i, _ in got] == list(range(7))
     assert all(np.array_equal(f, frames[i]) for i, f in got)
+    with RawAviReader(path, layout) as reader:
+        # Frame 7's bottom 5 rows are in the file (stored first); a part of them is not read
+        # either: a frame is there whole or not at all, whichever way it is read.
+        assert reader.read_part(6, 0, 45, 64, 48) is not None
+        assert reader.read_part(7, 0, 45, 64, 48) is None
 
 
 def test_other_files_are_left_to_opencv_and_broken_rates_are_refused(

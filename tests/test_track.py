@@ -58,6 +58,9 @@ def test_a_file_cut_short_ends_both_ways_alike(raw_video: Path, tmp_path: Path) 
     one_pass, first = _both(cut, 0, 360)
     assert 200 < len(first) == len(one_pass) < 360
     assert [b for _, _, b in first] == [b for _, _, b in one_pass]
+    # Read in parts, it ends at the same frame with the same boxes.
+    parts = list(tracked_frames(cut, 0, 360, 30.0, FaceDetector(), part=True))
+    assert [(i, b) for i, _, b in parts] == [(i, b) for i, _, b in first]
 
 
 @pytest.mark.parametrize(("start", "stop"), [(0, 360), (37, 251)])

@@ -17,6 +17,7 @@ its last whole frame). Any other codec is left to OpenCV (read_layout returns No
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 from fractions import Fraction
@@ -291,6 +292,7 @@ class RawAviReader:
     def __init__(self, path: Path, layout: RawLayout) -> None:
         self.layout = layout
         self._fh = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
+        self._size = os.fstat(self._fh.fileno()).st_size
         self._buf = np.empty(layout.frame_bytes, np.uint8)
         self._last: int | None = None  # the frame now in _buf, for dropped (empty) frames
 
@@ -305,7 +307,8 @@ class RawAviReader:
 
     def _stored(self, index: int) -> int | None:
         """The stored frame that frame `index` shows (a dropped frame shows the last stored one
-        before it, as a player does); None past the end or where the file is cut short."""
+        before it, as a player does); None past the end or where the file is cut short (also
+        where only a frame's first rows are there: a part of it is not read either)."""
         lay = self.layout
         if not 0 <= index < lay.n_frames:
             return None
@@ -313,6 +316,8 @@ class RawAviReader:
         while k >= 0 and lay.sizes[k] == 0:
             k -= 1
         if k < 0 or lay.sizes[k] < lay.frame_bytes:
+            return None
+        if lay.offsets[k] + lay.frame_bytes > self._size:
             return None
         return k
 
