@@ -313,12 +313,7 @@ def bench_pipeline_overhead(
         archive.mkdir()
         for v in videos:
             (archive / v.name).symlink_to(v.resolve())
-        engine = make_engine(f"sqlite:///{tmp / name}.sqlite")
-        upgrade(engine)
-        with session_scope(engine) as s:
-            reg = register_archive(s, archive, None)
-            plan = plan_job(s, str(archive), reg.all_ids, opts, "local")
-        return engine, plan.segment_ids
+        return plan_fresh(f"sqlite:///{tmp / name}.sqlite", archive, opts)
 
     with tempfile.TemporaryDirectory() as tmp:
         init_process(1)
@@ -350,6 +345,19 @@ def bench_pipeline_overhead(
     }
 
 
+def plan_fresh(url: str, archive: Path, opts: ProcessingOptions) -> tuple[Any, list[int]]:
+    """A new database at `url` with every video of `archive` registered (its manifest.csv too,
+    if there is one) and planned with `opts`: the engine and the segment ids to run."""
+    manifest_path = archive / "manifest.csv"
+    manifest = load_manifest(manifest_path) if manifest_path.is_file() else None
+    engine = make_engine(url)
+    upgrade(engine)
+    with session_scope(engine) as s:
+        reg = register_archive(s, archive, manifest)
+        plan = plan_job(s, str(archive), reg.all_ids, opts, "local")
+    return engine, plan.segment_ids
+
+
 def bench_end_to_end(
     archive: Path,
     workers: int,
@@ -361,20 +369,14 @@ def bench_end_to_end(
     classical estimators). Each entry: video s, wall s, video s per wall s (and per CPU s for a
     single process)."""
     out: dict[str, Any] = {}
-    manifest_path = archive / "manifest.csv"
-    manifest = load_manifest(manifest_path) if manifest_path.is_file() else None
     opts = opts or ProcessingOptions()
     layouts = layouts or (("one_process", 1, 1), ("pool", workers, 1))
     for label, n, threads in layouts:
         with tempfile.TemporaryDirectory() as tmp:
             url = f"sqlite:///{Path(tmp) / 'bench.sqlite'}"
-            engine = make_engine(url)
-            upgrade(engine)
-            with session_scope(engine) as s:
-                reg = register_archive(s, archive, manifest)
-                plan = plan_job(s, str(archive), reg.all_ids, opts, "local")
+            engine, segment_ids = plan_fresh(url, archive, opts)
             with _Clock() as c:
-                done = list(run_segments(url, plan.segment_ids, n, threads))
+                done = list(run_segments(url, segment_ids, n, threads))
             video_s = sum(o.video_s for o in done)
             entry = {"workers": n, "threads": threads, "video_s": video_s, "wall_s": c.wall}
             entry["video_s_per_wall_s"] = video_s / c.wall

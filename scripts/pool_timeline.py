@@ -49,31 +49,20 @@ def _run(segment_id: int) -> tuple[int, float, float, float, float]:
 
 
 def timeline(archive: Path, workers: int, model: Path | None) -> dict[str, Any]:
-    from db.engine import make_engine, session_scope
-    from db.migrate import upgrade
-    from nbhr.bench import nbhrnet_run_options
-    from scheduler.discover import load_manifest, register_archive
-    from scheduler.plan import plan_job
+    from nbhr.bench import nbhrnet_run_options, plan_fresh
     from worker.faces import DETECT_WIDTH
     from worker.options import ProcessingOptions
 
     opts = nbhrnet_run_options(model) if model else ProcessingOptions(decode_min_width=DETECT_WIDTH)
-    manifest = archive / "manifest.csv"
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/timeline.sqlite"
-        engine = make_engine(url)
-        upgrade(engine)
-        with session_scope(engine) as s:
-            reg = register_archive(
-                s, archive, load_manifest(manifest) if manifest.is_file() else None
-            )
-            plan = plan_job(s, str(archive), reg.all_ids, opts, "local")
+        engine, segment_ids = plan_fresh(url, archive, opts)
         engine.dispose()
         before = os.times()
         t0 = time.time()
         ctx = mp.get_context("spawn")
         with ProcessPoolExecutor(workers, ctx, initializer=_init, initargs=(url, t0)) as pool:
-            rows = list(pool.map(_run, plan.segment_ids))
+            rows = list(pool.map(_run, segment_ids))
         wall = time.time() - t0
         after = os.times()
     procs: dict[int, dict[str, Any]] = {}

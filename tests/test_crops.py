@@ -102,3 +102,23 @@ def test_reduced_decoding_never_starves_nbhrnets_crops(demo, tmp_path) -> None:
         ProcessingOptions(
             estimators=(NBHRNET,), model_path="m.onnx", roi="full", decode_min_width=320
         ).validate()
+
+
+def test_a_video_never_decoded_reduced_gets_no_decode_width(demo, tmp_path) -> None:
+    """Uncompressed AVI is always read whole, so crop_decode_width does not spend a decode and
+    a face search on it (the MJPEG original of the same frames gets its width)."""
+    from worker.avi import RawAviWriter
+    from worker.faces import DETECT_WIDTH
+    from worker.process import crop_decode_width, init_process
+    from worker.video import decodes_reduced, iter_frames, probe
+
+    init_process()
+    mjpg = next(demo.root / r.recording for r in demo.recordings if r.has_face)
+    info = probe(mjpg)
+    raw = tmp_path / "raw.avi"
+    with RawAviWriter(raw, info.fps, (info.width, info.height)) as writer:
+        for _, frame in iter_frames(mjpg, 0, 5):
+            writer.write(frame)
+    assert decodes_reduced(mjpg) and not decodes_reduced(raw)
+    assert crop_decode_width(mjpg, 0, DETECT_WIDTH) is not None
+    assert crop_decode_width(raw, 0, DETECT_WIDTH) is None

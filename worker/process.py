@@ -41,7 +41,7 @@ from worker.crops import (
 from worker.faces import Box, FaceDetector, region_mean, skin_mean
 from worker.options import NBHRNET, NBHRNET_PPG, NBHRNET_WINDOW_S, ProcessingOptions, WindowGrid
 from worker.track import tracked_frames
-from worker.video import VideoError, iter_frames
+from worker.video import VideoError, decodes_reduced, iter_frames
 
 # A running segment's lease: renewed every RENEW_EVERY_S while it runs, so a dead worker's
 # segment is free again at most LEASE_S after its last renewal (NBHR_LEASE_S overrides).
@@ -203,8 +203,13 @@ def crop_decode_width(path: Path, frame: int, min_width: int) -> int | None:
     """The narrowest frame width (at least `min_width`) at which NBHRnet's face crops still
     come from as many pixels as they have (CROP_SIZE), judged by the face in frame `frame`
     decoded at full size: a reduced JPEG decode is then an area-average the crop's own
-    INTER_AREA resize would have made anyway. None (full size) when that frame shows no face.
+    INTER_AREA resize would have made anyway. None (full size) when that frame shows no face,
+    and, without decoding or detecting anything, for a video that is never decoded at a
+    reduced size (worker.video.decodes_reduced: 7 ms a segment on an uncompressed 640x480
+    AVI, 90 ms where its first frame has no face and the detector's whole cascade runs).
     """
+    if not decodes_reduced(path):
+        return None
     frames = list(iter_frames(path, frame, frame + 1))
     if not frames:
         return None

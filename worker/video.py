@@ -136,6 +136,7 @@ def probe(path: Path) -> VideoInfo:
 # JPEG decoders can scale by 1/2, 1/4 or 1/8 while decoding (they drop high DCT frequencies
 # instead of computing them and filtering them away): cheaper than decoding and resizing.
 JPEG_SCALES = (8, 4, 2)
+_JPEG_CODECS = ("MJPG", "MJPEG", "JPEG", "AVRN")  # FourCCs whose every frame is one JPEG
 _JPEG_REDUCED = {
     2: cv2.IMREAD_REDUCED_COLOR_2,
     4: cv2.IMREAD_REDUCED_COLOR_4,
@@ -147,9 +148,21 @@ def jpeg_scale(codec: str, width: int, min_width: int | None) -> int:
     """The divisor at which iter_frames decodes a video: the largest of JPEG_SCALES that keeps
     frames at least `min_width` pixels wide, for MJPEG only (other codecs cannot decode at a
     reduced size); 1 when min_width is None."""
-    if min_width is None or codec.strip().upper() not in ("MJPG", "MJPEG", "JPEG", "AVRN"):
+    if min_width is None or codec.strip().upper() not in _JPEG_CODECS:
         return 1
     return next((k for k in JPEG_SCALES if width // k >= min_width), 1)
+
+
+def decodes_reduced(path: Path) -> bool:
+    """Whether iter_frames can decode this video at a reduced size (its min_width): MJPEG read
+    through OpenCV can; uncompressed AVI (read by worker.avi) and other codecs come whole."""
+    if raw_layout(path) is not None:
+        return False
+    cap = open_capture(path)
+    try:
+        return _fourcc(cap).strip().upper() in _JPEG_CODECS
+    finally:
+        cap.release()
 
 
 def iter_frames(
