@@ -150,27 +150,40 @@ class NBHRNetRunner:
 
     path: the .onnx file.
     threads: intra-op threads of the session (one worker process per core wants 1).
-    precision: "fp32" or "int8": which encoder encode_frames runs; int8 needs the int8
-        companion (int8_encoder_path) made from this very file.
+    spin: whether those threads spin between operators, onnxruntime's default (quicker hand-offs);
+        False for a process that decodes in another thread beside inference
+        (worker.features), whose core the spinning would take: `nbhr run -j1 --threads 2` on
+        6 x 60 s of the demo archive (AMD EPYC, AVX2, 2 cores) took 37.8 and 36.5 s wall
+        without spinning, 39.8 and 40.6 s with it (alternating runs).
     The session is created on first use, not here, so that a runner can be built before a worker
     process forks and each process then opens its own. One runner per process; not thread-safe.
     """
 
-    def __init__(self, path: Path, threads: int = 1, precision: str = "fp32") -> None:
+    def __init__(
+        self, path: Path, threads: int = 1, precision: str = "fp32", spin: bool = True
+    ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         self.path = Path(path)
         self.threads = threads
+        self.spin = spin
         self.precision = precision
         self._session: Any = None
-        # CPU seconds this process spent inside onnxruntime for this runner (encode_frames,
-        # run_head, predict), so a benchmark can split a real run into inference and the rest.
+        # CPU seconds spent inside onnxruntime for this runner (encode_frames, run_head,
+        # predict), so a benchmark can split a real run into inference and the rest (exact with
+        # one thread; with more, the process's CPU time while inference ran, see _clock).
         self.inference_cpu_s = 0.0
 
     @cached_property
     def sha256(self) -> str:
         """SHA-256 of the model file, hex: identifies which model produced an estimate."""
         return file_sha256(self.path)
+
+    def _clock(self) -> float:
+        # With one intra-op thread onnxruntime computes on the calling thread, so that thread's
+        # CPU time is inference alone even while another thread decodes; with more, its pool's
+        # threads count too, and only the process's time holds them.
+        return time.thread_time() if self.threads == 1 else time.process_time()
 
     def _open(self, path: Path) -> Any:
         # Imported here so that importing this module stays cheap for workers that only run
@@ -179,6 +192,8 @@ class NBHRNetRunner:
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
+        if not self.spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -255,12 +270,12 @@ class NBHRNetRunner:
         if self.precision == "int8":
             encoder = self._int8_encoder()
         x = np.asarray(frames, dtype=np.float32)
-        t0 = time.process_time()
+        t0 = self._clock()
         parts = [
             encoder.run(["features"], {"frames": np.ascontiguousarray(x[i : i + batch_size])})[0]
             for i in range(0, len(x), batch_size)
         ]
-        self.inference_cpu_s += time.process_time() - t0
+        self.inference_cpu_s += self._clock() - t0
         return np.concatenate(parts) if parts else np.zeros((0, FEATURE_SIZE), np.float32)
 
     def run_head(self, features: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -268,9 +283,9 @@ class NBHRNetRunner:
         (hr_bpm (N,), ppg (N, T)), as predict gives for the same windows' frames."""
         _, head = self.require_framewise()
         x = np.asarray(features, dtype=np.float32)
-        t0 = time.process_time()
+        t0 = self._clock()
         out = _hr_and_ppg(head, "features", x, batch_size, x.shape[1] if x.ndim == 3 else 0)
-        self.inference_cpu_s += time.process_time() - t0
+        self.inference_cpu_s += self._clock() - t0
         return out
 
     def predict(self, windows: np.ndarray, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -290,9 +305,9 @@ class NBHRNetRunner:
             raise ValueError(f"windows must be (N, *{expected}), got {x.shape}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        t0 = time.process_time()
+        t0 = self._clock()
         out = _hr_and_ppg(session, "frames", x, batch_size, expected[0])
-        self.inference_cpu_s += time.process_time() - t0
+        self.inference_cpu_s += self._clock() - t0
         return out
 
     def describe(self) -> dict[str, Any]:

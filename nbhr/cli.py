@@ -398,12 +398,12 @@ def plan_options(fn: Callable) -> Callable:
 @click.option(
     "--threads",
     "model_threads",
-    default=1,
-    show_default=True,
+    default=None,
     type=click.IntRange(1, 256),
     envvar="NBHR_MODEL_THREADS",
-    help="onnxruntime threads per worker process for NBHRnet (workers x threads should not "
-    "exceed the cores).",
+    help="Threads per worker process for NBHRnet (default: cores / workers, at least 1; "
+    "workers x threads should not exceed the cores). With more than one, a process decodes "
+    "in one thread while NBHRnet runs in the others.",
 )
 @plan_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary, no progress bar.")
@@ -412,7 +412,7 @@ def run(
     directory: Path,
     db_url: str,
     workers: int,
-    model_threads: int,
+    model_threads: int | None,
     as_json: bool,
     **plan_args: Any,
 ) -> None:
@@ -420,6 +420,8 @@ def run(
     from db import queries
     from nbhr import analysis
     from scheduler.local import run_segments
+
+    model_threads = model_threads or max(1, (os.cpu_count() or 1) // workers)
 
     engine, reg, plan = register_and_plan(directory, db_url, "local", **plan_args)
     say = (lambda *a, **k: None) if as_json else click.echo
@@ -435,7 +437,8 @@ def run(
     else:
         say(
             f"job {plan.job_id}: {len(plan.segment_ids)} segments of {plan.recordings} recordings "
-            f"({plan.video_s / 60:.1f} min of video) on {workers} process(es)"
+            f"({plan.video_s / 60:.1f} min of video) on {workers} process(es) x "
+            f"{model_threads} thread(s)"
         )
         stream = run_segments(
             db_url, plan.segment_ids, workers, model_threads, [str(directory.resolve())]

@@ -150,6 +150,23 @@ def test_overlapping_windows_share_frame_features(
     assert len(with_face) == 2 * 29  # the face-less recording has none
 
 
+def test_decoding_beside_inference_gives_the_same_windows(
+    demo_archive: Path, default_run: str, pg_url: str
+) -> None:
+    """One process with two threads encodes each 60-frame block in a thread of its own while
+    the next frames are decoded (worker.features): the windows are the pool's, to the bit."""
+    out = nbhr(
+        "run", demo_archive, "--db", pg_url, "--estimator", "nbhrnet", "-j1", "--threads", "2"
+    )
+    assert "1 process(es) x 2 thread(s)" in out.stdout
+    pooled, overlapped = (
+        _nbhrnet_windows(default_run, "nbhrnet:1-int8"),
+        _nbhrnet_windows(pg_url, "nbhrnet:1-int8"),
+    )
+    assert len(pooled) == 3 * 8 and overlapped == pooled
+    assert sum(hr is not None for hr in overlapped.values()) == 2 * 8
+
+
 def test_overlap_needs_the_encoder_and_head(tmp_path: Path, demo_archive: Path) -> None:
     alone = tmp_path / "alone.onnx"
     shutil.copy(BUNDLED_MODEL, alone)

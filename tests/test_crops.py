@@ -57,8 +57,8 @@ def test_a_job_with_nbhrnet_alone_skips_the_colour_means(face_videos) -> None:
     init_process()
     video = face_videos[0]
     with_colour, without = [], []
-    a = extract_trace(video, 0, 45, "face", 30.0, crops=with_colour)
-    b = extract_trace(video, 0, 45, "face", 30.0, crops=without, colour=False)
+    a = extract_trace(video, 0, 45, "face", 30.0, on_crop=with_colour.append)
+    b = extract_trace(video, 0, 45, "face", 30.0, on_crop=without.append, colour=False)
     assert np.isfinite(a.rgb).all() and np.isnan(b.rgb).all()
     assert len(b.rgb) == len(a.rgb) == 45 and np.array_equal(a.face, b.face)
     assert all(np.array_equal(x, y) for x, y in zip(with_colour, without, strict=True))
@@ -92,8 +92,10 @@ def test_reduced_decoding_never_starves_nbhrnets_crops(demo, tmp_path) -> None:
         reduced += scale > 1
         # The crops of the reduced decode are those of the full one, but for rounding.
         full, small = [], []
-        extract_trace(video, 0, 30, "face", 30.0, crops=full, colour=False)
-        extract_trace(video, 0, 30, "face", 30.0, crops=small, colour=False, min_width=width)
+        extract_trace(video, 0, 30, "face", 30.0, on_crop=full.append, colour=False)
+        extract_trace(
+            video, 0, 30, "face", 30.0, on_crop=small.append, colour=False, min_width=width
+        )
         diff = [cv2.absdiff(a, b).mean() for a, b in zip(full, small, strict=True)]
         assert max(diff) < 6.0
     # The demo's faces are large enough for half-size frames in at least one recording.

@@ -12,6 +12,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -26,7 +27,7 @@ from db.engine import session_scope
 from db.models import SegmentState
 from model.classical import make_estimator
 from model.hrv import PulseTrack
-from model.nbhrnet import FEATURE_SIZE, NBHRNetRunner, normalise_window, stitched_ppg_hr
+from model.nbhrnet import NBHRNetRunner, normalise_window, stitched_ppg_hr
 from model.reference import ppg_target, reference_hr
 from model.spectrum import spectral_hr
 from worker.crops import (
@@ -39,6 +40,7 @@ from worker.crops import (
     windows_of,
 )
 from worker.faces import Box, FaceDetector, region_mean, skin_mean
+from worker.features import FrameFeatures
 from worker.options import NBHRNET, NBHRNET_PPG, NBHRNET_WINDOW_S, ProcessingOptions, WindowGrid
 from worker.track import tracked_frames
 from worker.video import VideoError, decodes_reduced, iter_frames
@@ -70,8 +72,9 @@ _ARCHIVE_ROOTS: tuple[Path, ...] | None = None
 def init_process(model_threads: int = 1, archive_roots: Sequence[str | Path] | None = None) -> None:
     """Per-process set-up for pool and Celery workers: one OpenCV thread (its own pool would
     fight the other worker processes for the same cores), `model_threads` onnxruntime threads
-    for NBHRnet (processes x threads should not exceed the cores), and the archive roots it
-    may read under (None: anywhere)."""
+    for NBHRnet (processes x threads should not exceed the cores; with more than one, NBHRnet's
+    encoder also runs beside the decoding, see _overlap), and the archive roots it may read
+    under (None: anywhere)."""
     global _MODEL_THREADS, _ARCHIVE_ROOTS
     if model_threads < 1:
         raise ValueError(f"model_threads must be >= 1, got {model_threads}")
@@ -81,6 +84,16 @@ def init_process(model_threads: int = 1, archive_roots: Sequence[str | Path] | N
     )
     nbhrnet_runner.cache_clear()
     cv2.setNumThreads(1)
+
+
+def _overlap() -> bool:
+    """Whether NBHRnet's frames are encoded in a thread beside the decoding
+    (worker.features.FrameFeatures): in a process given more than one thread (init_process),
+    which has a core for each. `nbhr run -j1 --threads 2` on 6 x 60 s of the demo archive (AMD
+    EPYC, AVX2, 2 cores), side by side: 39.6, 40.1, 37.8 and 36.5 s wall this way against 41.0
+    and 41.4 s with both threads inside onnxruntime (before FrameFeatures); 57-61 s with one
+    thread. A pool of one process per core (the default) is faster still and does not use it."""
+    return _MODEL_THREADS > 1
 
 
 @lru_cache(maxsize=1)
@@ -94,7 +107,9 @@ def nbhrnet_runner(
     path: str, sha256: str, precision: str = "fp32", int8_sha256: str | None = None
 ) -> NBHRNetRunner:
     """One onnxruntime model per file, precision and process, opened on first use."""
-    runner = NBHRNetRunner(Path(path), threads=_MODEL_THREADS, precision=precision)
+    runner = NBHRNetRunner(
+        Path(path), threads=_MODEL_THREADS, precision=precision, spin=not _overlap()
+    )
     if runner.sha256 != sha256:
         raise ValueError(f"model file {path} changed since the job was planned (SHA-256 differs)")
     if precision == "int8" and runner.int8_sha256 != int8_sha256:
@@ -149,14 +164,15 @@ def extract_trace(
     roi: str,
     fps: float,
     renew: Callable[[], None] | None = None,
-    crops: list[np.ndarray | None] | None = None,
+    on_crop: Callable[[np.ndarray | None], None] | None = None,
     colour: bool = True,
     min_width: int | None = None,
 ) -> Trace:
     """Decode frames [start, stop) once and reduce each to its mean ROI colour.
 
-    crops: when a list is given, each frame's 128x128 RGB crop for NBHRnet is appended to it
-    (None where there is no face), from the same decode and the same boxes.
+    on_crop: when given, called with each frame's 128x128 RGB crop for NBHRnet, in frame order
+    (None where there is no face), from the same decode and the same boxes (a list's append, or
+    worker.features.FrameFeatures.append to encode them as they come).
     colour: False skips the per-frame colour means (Trace.rgb is NaN), for a job whose only
     estimator is NBHRnet, which reads the crops alone.
     min_width: decode MJPEG at a reduced size no narrower than this (worker.video.iter_frames);
@@ -174,8 +190,8 @@ def extract_trace(
         else:
             rgb.append(region_mean(frame, box))
         face.append(found)
-        if crops is not None:
-            crops.append(_crop(frame, box, found, roi))
+        if on_crop is not None:
+            on_crop(_crop(frame, box, found, roi))
 
     fixed = None if roi in ("face", "full") else Box.parse(roi)
     if roi == "face":
@@ -300,21 +316,23 @@ def _compute_windows(
         with session_scope(engine) as s:
             queries.renew_lease(s, seg.segment_id, worker, LEASE_S)
 
-    crops: list[np.ndarray | None] | None = [] if NBHRNET in opts.estimators else None
+    net = _NetInput(opts, seg.fps) if NBHRNET in opts.estimators else None
     min_width = opts.decode_min_width
-    if crops is not None and min_width is not None:
+    if net is not None and min_width is not None:
         min_width = crop_decode_width(Path(seg.path), first, min_width)
-    trace = extract_trace(
-        Path(seg.path),
-        first,
-        stop,
-        opts.roi,
-        seg.fps,
-        renew,
-        crops,
-        colour=bool(classical),
-        min_width=min_width,
-    )
+    with net if net is not None else nullcontext():
+        trace = extract_trace(
+            Path(seg.path),
+            first,
+            stop,
+            opts.roi,
+            seg.fps,
+            renew,
+            None if net is None else net.append,
+            colour=bool(classical),
+            min_width=min_width,
+        )
+        net_windows = None if net is None else net.windows()
     n_read = len(trace.rgb)
     note = None
     if first + n_read < stop:
@@ -373,9 +391,9 @@ def _compute_windows(
         _beat_row(seg, name, "", track.beats(opts.band, beats_from, beats_to), beats_to)
         for name, track in tracks.items()
     ]
-    if crops is not None:
+    if net is not None and net_windows is not None:
         span_s = [(a / seg.fps, b / seg.fps) for a, b in map(grid.frames, spans)]
-        net_rows, track = _nbhrnet_rows(seg, opts, crops, first / seg.fps, span_s)
+        net_rows, track = _nbhrnet_rows(seg, opts, net_windows, net.n, first / seg.fps, span_s)
         rows += net_rows
         net_beats = track.beats(opts.band, beats_from, beats_to)
         beats.append(_beat_row(seg, NBHRNET_PPG, opts.model_key, net_beats, beats_to))
@@ -401,29 +419,22 @@ def _beat_row(
 def _nbhrnet_rows(
     seg: queries.ClaimedSegment,
     opts: ProcessingOptions,
-    crops: list[np.ndarray | None],
+    windows: list[_NetWindow],
+    n_crops: int,
     crops_start_s: float,
     spans: list[tuple[float, float]],
 ) -> tuple[list[dict], PulseTrack]:
-    """NBHRnet's 2-s windows (60 crops at 30 fps, every opts.nbhrnet_hop_s) that start in the
-    segment, and its second estimate over each (start, end) span in `spans`: the HR of its PPG
-    output stitched over the span (`model.nbhrnet.stitched_ppg_hr`, from the windows on the
-    2-s grid). `crops` start at `crops_start_s` (the segment's start) and may run past the
+    """NBHRnet's 2-s windows (`windows`, from _NetInput: 60 crops at 30 fps, every
+    opts.nbhrnet_hop_s) that start in the segment, and its second estimate over each (start,
+    end) span in `spans`: the HR of its PPG output stitched over the span
+    (`model.nbhrnet.stitched_ppg_hr`, from the windows on the 2-s grid). The segment's
+    `n_crops` crops start at `crops_start_s` (the segment's start) and may run past the
     segment's end, to cover the last span. Also returns its PPG output on the 2-s grid, the
     windows joined end to end, as a PulseTrack to find beats in."""
-    runner = nbhrnet_runner(
-        opts.model_path, opts.model_sha256, opts.nbhrnet_precision, opts.model_int8_sha256
-    )
-    hop = round(opts.nbhrnet_hop_s * MODEL_FPS)
-    if runner.framewise or hop != WINDOW_FRAMES:
-        runner.require_framewise()  # overlapping windows need the halves: a readable failure
-        windows = _framewise_windows(runner, crops, seg.fps, hop)
-    else:
-        windows = _whole_windows(runner, crops, seg.fps)
     chunks: list[tuple[float, np.ndarray | None]] = []  # (start s, PPG or None without a face)
     track = PulseTrack(
         round(crops_start_s * MODEL_FPS),
-        int(round(len(crops) / seg.fps * MODEL_FPS)),
+        int(round(n_crops / seg.fps * MODEL_FPS)),
         MODEL_FPS,
         taper_s=0.0,
     )
@@ -461,25 +472,17 @@ _NetWindow = tuple[int, float | None, np.ndarray | None]
 
 
 def _framewise_windows(
-    runner: NBHRNetRunner, crops: list[np.ndarray | None], fps: float, hop: int
+    runner: NBHRNetRunner, features: np.ndarray, encoded: np.ndarray, hop: int
 ) -> list[_NetWindow]:
-    """Every frame's CNN features computed once, then windows every `hop` frames cut from them.
+    """Windows every `hop` frames cut from every frame's CNN features, computed once
+    (worker.features.FrameFeatures: float32 (n, FEATURE_SIZE), and bool (n,) where encoded).
 
     Frames are normalised in 60-frame blocks (model.nbhrnet.normalise_blocks), so a window on
     the 2-s grid gets exactly the whole-window normalisation the model was trained with, and its
     result equals the whole-model graph's. A block with a frame without a face is not encoded,
     and a window that touches it has no estimate.
     """
-    frames = [crops[i] for i in resample_indices(len(crops), fps)]
-    n = len(frames)
-    features = np.zeros((n, FEATURE_SIZE), np.float32)
-    encoded = np.zeros(n, bool)
-    for b in range(0, n, WINDOW_FRAMES):
-        block = frames[b : b + WINDOW_FRAMES]
-        if all(f is not None for f in block):
-            features[b : b + len(block)] = runner.encode_frames(normalise_window(np.stack(block)))
-            encoded[b : b + len(block)] = True
-    firsts = list(range(0, n - WINDOW_FRAMES + 1, hop))
+    firsts = list(range(0, len(features) - WINDOW_FRAMES + 1, hop))
     usable = [k for k in firsts if encoded[k : k + WINDOW_FRAMES].all()]
     if usable:
         hr, ppg = runner.run_head(np.stack([features[k : k + WINDOW_FRAMES] for k in usable]))
@@ -487,6 +490,61 @@ def _framewise_windows(
         k: (float(hr[i]), ppg[i]) for i, k in enumerate(usable)
     }
     return [(k, *out.get(k, (None, None))) for k in firsts]
+
+
+class _NetInput:
+    """Where a segment's crops go for NBHRnet (`append`, in frame order), and its windows once
+    they are all in (`windows`). Use as a context manager around the decoding.
+
+    A model with encoder/head halves (or any hop other than 2 s, which needs them) on a 30-fps
+    video: each 60-crop block is encoded as soon as it is complete (worker.features), in a
+    thread of its own beside the decoding when this process has more than one thread
+    (init_process), and only the features are kept. At another frame rate the crops are kept
+    until the end, resampled to 30 fps, then encoded the same way; a whole-model graph alone
+    takes whole windows of crops.
+    """
+
+    def __init__(self, opts: ProcessingOptions, fps: float) -> None:
+        self.runner = nbhrnet_runner(
+            opts.model_path, opts.model_sha256, opts.nbhrnet_precision, opts.model_int8_sha256
+        )
+        self.hop = round(opts.nbhrnet_hop_s * MODEL_FPS)
+        self.fps = fps
+        self.framewise = self.runner.framewise or self.hop != WINDOW_FRAMES
+        if self.framewise:
+            self.runner.require_framewise()  # a hop other than 2 s needs them: readable failure
+        self._crops: list[np.ndarray | None] = []
+        self._features: FrameFeatures | None = None
+        if self.framewise and fps == MODEL_FPS:
+            self._features = FrameFeatures(self.runner.encode_frames, overlap=_overlap())
+
+    def __enter__(self) -> _NetInput:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._features is not None:
+            self._features.__exit__(None, None, None)
+
+    @property
+    def n(self) -> int:
+        """Crops appended so far (at the video's frame rate)."""
+        return self._features.n if self._features is not None else len(self._crops)
+
+    def append(self, crop: np.ndarray | None) -> None:
+        if self._features is not None:
+            self._features.append(crop)
+        else:
+            self._crops.append(crop)
+
+    def windows(self) -> list[_NetWindow]:
+        if not self.framewise:
+            return _whole_windows(self.runner, self._crops, self.fps)
+        features = self._features
+        if features is None:
+            features = FrameFeatures(self.runner.encode_frames)
+            for i in resample_indices(len(self._crops), self.fps):
+                features.append(self._crops[i])
+        return _framewise_windows(self.runner, *features.result(), self.hop)
 
 
 def _whole_windows(
