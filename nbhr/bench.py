@@ -522,7 +522,8 @@ def run_bench(archive: Path | None, workers: int, model: Path | None = None) -> 
             result["nbhrnet"] = bench_nbhrnet(model, frames)
             opts = nbhrnet_run_options(model)
             result["nbhrnet"]["precision_end_to_end"] = opts.nbhrnet_precision
-            # Processes x threads: the pool against one process with as many model threads.
+            # Processes x threads: the pool against one process with as many threads (which
+            # encodes beside its decoding, worker.features).
             layouts = (
                 ("one_process", 1, 1),
                 ("pool", workers, 1),
