@@ -150,13 +150,16 @@ class NBHRNetRunner:
 
     path: the .onnx file.
     threads: intra-op threads of the session (one worker process per core wants 1).
+    precision: "fp32" or "int8": which encoder encode_frames runs; int8 needs the int8
+        companion (int8_encoder_path) made from this very file.
     spin: whether those threads spin between operators, onnxruntime's default (quicker hand-offs);
         False for a process that decodes in another thread beside inference
         (worker.features), whose core the spinning would take: `nbhr run -j1 --threads 2` on
         6 x 60 s of the demo archive (AMD EPYC, AVX2, 2 cores) took 37.8 and 36.5 s wall
         without spinning, 39.8 and 40.6 s with it (alternating runs).
     The session is created on first use, not here, so that a runner can be built before a worker
-    process forks and each process then opens its own. One runner per process; not thread-safe.
+    process forks and each process then opens its own. One runner per process, called by one
+    thread at a time (worker.features encodes in its own thread, then the head runs after it).
     """
 
     def __init__(

@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -165,6 +166,34 @@ def test_decoding_beside_inference_gives_the_same_windows(
     )
     assert len(pooled) == 3 * 8 and overlapped == pooled
     assert sum(hr is not None for hr in overlapped.values()) == 2 * 8
+
+
+def test_a_25_fps_video_is_resampled_to_the_models_rate(
+    face_videos: list[Path], tmp_path: Path
+) -> None:
+    """At another frame rate than 30 fps a segment's crops are kept, resampled to 30 fps, then
+    encoded in blocks: the 16-s demo video's frames written at 25 fps last 19.2 s, which hold
+    9 whole 2-s windows, each with a face."""
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    cap = cv2.VideoCapture(str(face_videos[0]))
+    frames = []
+    while (read := cap.read())[0]:
+        frames.append(read[1])
+    cap.release()
+    height, width = frames[0].shape[:2]
+    out = cv2.VideoWriter(
+        str(archive / "clip25.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (width, height)
+    )
+    for frame in frames:
+        out.write(frame)
+    out.release()
+    url = f"sqlite:///{tmp_path / 'nbhr.sqlite'}"
+    nbhr("run", archive, "--db", url, "--estimator", "nbhrnet")
+    rows = nbhr_json("results", "--db", url, "--estimator", "nbhrnet", "--format", "json")
+    assert len(frames) == 480
+    assert sorted(r["t_start"] for r in rows) == pytest.approx([2.0 * k for k in range(9)])
+    assert all(r["face_found"] and 80 <= r["hr_bpm"] <= 240 for r in rows)
 
 
 def test_overlap_needs_the_encoder_and_head(tmp_path: Path, demo_archive: Path) -> None:

@@ -8,10 +8,11 @@ the features (1 KB a frame). Blocks start at the segment's first frame, so every
 2-s grid is exactly one block, as in the whole-model graph.
 
 With `overlap`, the blocks are encoded in a thread of their own while the caller goes on
-decoding, tracking and cropping the next frames: OpenCV and onnxruntime both release Python's
-lock while they work, so one process keeps two cores busy. That is for a process that has two
-cores to itself (`nbhr run -j1 --threads 2`, a Celery worker of concurrency 1 on 2 cores); a
-pool with one process per core gains nothing from it. At most MAX_PENDING blocks wait for the
+decoding, tracking and cropping the next frames: OpenCV and onnxruntime release Python's lock
+while they work, so the two run at once. That is for a process that has two cores to itself
+(`nbhr run -j1 --threads 2`, a Celery worker of concurrency 1 on 2 cores), where it was 3-10 %
+faster than both threads inside onnxruntime (worker.process._overlap); a pool with one process
+per core gains nothing from it. At most MAX_PENDING blocks wait for the
 encoder, so memory stays bounded when decoding runs ahead.
 """
 
@@ -54,6 +55,10 @@ class FrameFeatures:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the encoder thread: blocks not started are dropped, a running one is waited for."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
 

@@ -523,7 +523,7 @@ class _NetInput:
 
     def __exit__(self, *exc: object) -> None:
         if self._features is not None:
-            self._features.__exit__(None, None, None)
+            self._features.close()
 
     @property
     def n(self) -> int:
