@@ -270,6 +270,11 @@ def _decode_min_width(decode: str, estimators: tuple[str, ...], roi: str) -> int
     return DETECT_WIDTH
 
 
+def _threads_per_process(threads: int | None, processes: int) -> int:
+    """--threads as given, else the cores shared out among the processes (at least 1)."""
+    return threads or max(1, (os.cpu_count() or 1) // processes)
+
+
 def _precision_options(runner: Any, precision: str) -> dict[str, Any]:
     """ProcessingOptions fields for NBHRnet's encoder precision: "auto" takes int8 when the model
     has an int8 encoder made from it (and its encoder/head halves), else fp32."""
@@ -421,7 +426,7 @@ def run(
     from nbhr import analysis
     from scheduler.local import run_segments
 
-    model_threads = model_threads or max(1, (os.cpu_count() or 1) // workers)
+    model_threads = _threads_per_process(model_threads, workers)
 
     engine, reg, plan = register_and_plan(directory, db_url, "local", **plan_args)
     say = (lambda *a, **k: None) if as_json else click.echo
@@ -780,7 +785,7 @@ def worker(
     process died, one task per process at a time, processes x threads = cores."""
     cores = os.cpu_count() or 1
     concurrency = concurrency or cores
-    threads = model_threads or max(1, cores // concurrency)
+    threads = _threads_per_process(model_threads, concurrency)
     os.environ["NBHR_MODEL_THREADS"] = str(threads)
     # What this worker publishes (requeue and watch passes) goes to the first queue it consumes.
     os.environ["NBHR_QUEUE"] = queues.split(",")[0].strip()

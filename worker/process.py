@@ -332,7 +332,7 @@ def _compute_windows(
             colour=bool(classical),
             min_width=min_width,
         )
-        net_windows = None if net is None else net.windows()
+        net_windows = net.windows() if net is not None else []
     n_read = len(trace.rgb)
     note = None
     if first + n_read < stop:
@@ -391,7 +391,7 @@ def _compute_windows(
         _beat_row(seg, name, "", track.beats(opts.band, beats_from, beats_to), beats_to)
         for name, track in tracks.items()
     ]
-    if net is not None and net_windows is not None:
+    if net is not None:
         span_s = [(a / seg.fps, b / seg.fps) for a, b in map(grid.frames, spans)]
         net_rows, track = _nbhrnet_rows(seg, opts, net_windows, net.n, first / seg.fps, span_s)
         rows += net_rows
