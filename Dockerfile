@@ -2,14 +2,21 @@
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY nbhr ./nbhr
 COPY worker ./worker
 COPY scheduler ./scheduler
 COPY model ./model
 COPY db ./db
 COPY training ./training
-RUN pip install .
+# A compiler and libjpeg's headers build worker._jpegpart (MJPEG frames decoded only around
+# the face), then go; libjpeg itself stays for it to run.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev libjpeg62-turbo-dev libjpeg62-turbo \
+    && pip install . \
+    && (cd / && python -c "import worker._jpegpart") \
+    && apt-get purge -y --auto-remove gcc libc6-dev libjpeg62-turbo-dev \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --create-home nbhr
 USER nbhr
 ENTRYPOINT ["nbhr"]

@@ -27,7 +27,7 @@ from scheduler.local import run_segments
 from scheduler.plan import plan_job
 from worker.faces import DETECT_WIDTH, FaceDetector, skin_mean
 from worker.options import ProcessingOptions
-from worker.process import init_process
+from worker.process import crop_decode_width, init_process
 from worker.video import iter_frames, probe
 
 
@@ -65,6 +65,42 @@ def bench_decode(
         "codec": info.codec,
         "frames_per_cpu_s": n / c.cpu,
         "ms_per_frame": 1000 * c.cpu / n,
+    }
+
+
+def bench_tracking(
+    videos: list[Path], widths: dict[Path, int | None] | None = None, pairs: int = 2
+) -> dict[str, Any]:
+    """Decode, track the face (detection at 2 Hz) and cut NBHRnet's crop of every frame of
+    `videos` (at each one's `widths` entry, as iter_frames' min_width), reading whole frames
+    and reading only the part around each box (worker.track.tracked_frames(part=True): the
+    face's rows of an uncompressed AVI; the face's part of each MJPEG frame, decoded by
+    worker._jpegpart where it was built). Run alternately `pairs` times in this process;
+    CPU ms a frame, the lowest of the runs (this project's machines are shared and noisy)."""
+    from worker.crops import face_crop
+    from worker.track import tracked_frames
+    from worker.video import PART_DECODING
+
+    detector = FaceDetector()
+    counts = {v: probe(v).n_frames for v in videos}
+    times: dict[str, list[float]] = {"whole": [], "parts": []}
+    for _ in range(pairs):
+        for label, part in (("whole", False), ("parts", True)):
+            with _Clock() as c:
+                for v in videos:
+                    w = (widths or {}).get(v)
+                    for _, frame, box in tracked_frames(
+                        v, 0, counts[v], 30.0, detector, w, part=part
+                    ):
+                        if box is not None:
+                            face_crop(frame, box)
+            times[label].append(1000 * c.cpu / sum(counts.values()))
+    whole, parts = min(times["whole"]), min(times["parts"])
+    return {
+        "ms_per_frame_whole": whole,
+        "ms_per_frame_parts": parts,
+        "speedup": whole / parts,
+        "part_decoder_built": PART_DECODING,
     }
 
 
@@ -424,7 +460,6 @@ def bench_formats(
     (`bench_pipeline_overhead`). The files are deleted after each format (a raw one is
     about 0.8 GB)."""
     from nbhr.demo import write_demo_archive
-    from worker.process import crop_decode_width
 
     out: dict[str, Any] = {}
     for label, codec, size in formats:
@@ -454,6 +489,7 @@ def bench_formats(
                 "decode_ms_per_frame_full": full["ms_per_frame"],
                 "decode_ms_per_frame_as_run": as_run["ms_per_frame"],
                 "decode_mb_per_cpu_s_full": mb_per_frame * 1000 / full["ms_per_frame"],
+                "tracking": bench_tracking(with_face, widths),
             }
             opts = ProcessingOptions(estimators=("pos",), decode_min_width=DETECT_WIDTH)
             pos = bench_end_to_end(root, 1, opts, (("one_process", 1, 1),))["one_process"]
@@ -530,6 +566,8 @@ def run_bench(archive: Path | None, workers: int, model: Path | None = None) -> 
                 ("one_process_threads", 1, workers),
             )
             result["nbhrnet"]["end_to_end"] = bench_end_to_end(archive, workers, opts, layouts)
+            widths = {v: crop_decode_width(v, 0, DETECT_WIDTH) for v in with_face}
+            result["nbhrnet"]["tracking"] = bench_tracking(with_face, widths)
             result["nbhrnet"]["overlap"] = bench_nbhrnet_overlap(model, frames[:300])
             result["nbhrnet"]["precision"] = bench_nbhrnet_precision(model, with_face)
             if NBHRNetRunner(model).framewise:

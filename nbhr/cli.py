@@ -1603,6 +1603,12 @@ def bench(directory: Path | None, workers: int, model: Path | None, as_json: boo
             f"{fmt['decode_ms_per_frame_as_run']:.2f} as run; pos "
             f"{fmt['pos_video_s_per_cpu_s']:.1f} video s per CPU s"
         )
+        track = fmt.get("tracking")
+        if track:
+            line += (
+                f"; decode+track+crop {track['ms_per_frame_whole']:.2f} ms/frame whole, "
+                f"{track['ms_per_frame_parts']:.2f} in parts"
+            )
         if "pipeline_overhead" in fmt:
             line += f"; nbhrnet pipeline {fmt['pipeline_overhead']['ratio']:.2f}x inference"
         click.echo(line)
@@ -1636,4 +1642,17 @@ def bench(directory: Path | None, workers: int, model: Path | None, as_json: boo
             click.echo(
                 f"core peak     {peak['fp32']:.0f} GFLOP/s fp32, {peak['int8']:.0f} GOP/s int8 "
                 "(onnxruntime matrix products, 1 thread)"
+            )
+        track = net.get("tracking")
+        if track:
+            click.echo(
+                f"decode+track  {track['ms_per_frame_whole']:.2f} CPU ms a frame reading whole "
+                f"frames, {track['ms_per_frame_parts']:.2f} reading the face's part "
+                f"({track['speedup']:.2f}x)"
+            )
+        overhead = net.get("pipeline_overhead")
+        if overhead:
+            click.echo(
+                f"nbhrnet pipeline {overhead['ratio']:.2f}x the CPU time inside onnxruntime "
+                f"({overhead['end_to_end_cpu_s']:.1f} against {overhead['inference_cpu_s']:.1f} s)"
             )

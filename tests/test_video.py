@@ -79,3 +79,30 @@ def test_reduced_mjpeg_decoding_is_a_downscaled_frame_and_seeks_exactly(
     # Another codec comes at full size whatever is asked.
     clip = shared_data / "bias_eval" / "India_video37_forehead.avi"
     assert next(iter_frames(clip, 0, 1, min_width=100))[1].shape == (200, 200, 3)
+
+
+def test_full_size_mjpeg_is_decoded_from_its_packets_like_ffmpeg_decodes_it(
+    face_videos: list[Path],
+) -> None:
+    """MJPEG at full size comes from libjpeg-turbo (cv2.imdecode on each packet), not from
+    FFmpeg's decoder: the same pictures within rounding (their IDCTs and colour conversions
+    differ), and FFmpeg's path (worker.video._decoded, what a packet libjpeg rejects falls
+    back to) gives frames of the size libjpeg's scaling would, with the same picture."""
+    from worker.video import _decoded
+
+    path = face_videos[0]
+    packets = [f for _, f in iter_frames(path, 10, 40)]
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    cap.set(cv2.CAP_PROP_POS_FRAMES, 10)
+    ffmpeg = [cap.read()[1] for _ in range(30)]
+    cap.release()
+    assert len(packets) == 30 and packets[0].shape == ffmpeg[0].shape == (480, 640, 3)
+    for a, b in zip(packets, ffmpeg, strict=True):
+        assert np.abs(a.astype(int) - b).mean() < 1.5
+        assert not np.array_equal(a, b)  # two decoders: this really is libjpeg's picture
+    fallback = list(_decoded(path, 10, 40, 2))
+    assert [i for i, _ in fallback] == list(range(10, 40))
+    small = [f for _, f in iter_frames(path, 10, 40, min_width=320)]
+    for (_, a), b in zip(fallback, small, strict=True):
+        assert a.shape == b.shape == (240, 320, 3)
+        assert np.abs(a.astype(int) - b).mean() < 2.0
