@@ -119,3 +119,17 @@ def test_bench_reports_tracking_whole_frames_and_parts(face_videos: list[Path]) 
     assert out["ms_per_frame_whole"] > 0 and out["ms_per_frame_parts"] > 0
     assert out["speedup"] == pytest.approx(out["ms_per_frame_whole"] / out["ms_per_frame_parts"])
     assert out["part_decoder_built"] is PART_DECODING
+
+
+def test_frames_without_a_face_are_not_decoded_in_parts(decode_part, demo) -> None:
+    """The empty cot: only its detection frames (2 Hz) are decoded; the frames between them,
+    which have no box, come as None, with the boxes (none) of the one-pass way."""
+    empty = next(demo.root / r.recording for r in demo.recordings if not r.has_face)
+    detector = FaceDetector()
+    whole = list(tracked_frames(empty, 0, 150, 30.0, detector))
+    parts = list(tracked_frames(empty, 0, 150, 30.0, detector, part=True))
+    assert [(i, b) for i, _, b in parts] == [(i, b) for i, _, b in whole]
+    assert all(b is None for _, _, b in parts)
+    decoded = [i for i, f, _ in parts if f is not None]
+    assert decoded == list(range(0, 150, 15))  # the detection frames, whole
+    assert all(np.array_equal(parts[i][1], whole[i][1]) for i in decoded)

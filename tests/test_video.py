@@ -84,11 +84,12 @@ def test_reduced_mjpeg_decoding_is_a_downscaled_frame_and_seeks_exactly(
 def test_full_size_mjpeg_is_decoded_from_its_packets_like_ffmpeg_decodes_it(
     face_videos: list[Path],
 ) -> None:
-    """MJPEG at full size comes from libjpeg-turbo (cv2.imdecode on each packet), not from
-    FFmpeg's decoder: the same pictures within rounding (their IDCTs and colour conversions
-    differ), and FFmpeg's path (worker.video._decoded, what a packet libjpeg rejects falls
-    back to) gives frames of the size libjpeg's scaling would, with the same picture."""
-    from worker.video import _decoded
+    """MJPEG at full size comes from libjpeg-turbo (worker.video.decode_jpeg on each packet)
+    where worker._jpegpart is built, else from FFmpeg's decoder: the same pictures within
+    rounding (their IDCTs and colour conversions differ); and FFmpeg's path
+    (worker.video._decoded, which takes over from a packet libjpeg rejects) gives frames of
+    the size libjpeg's scaling would, with the same picture."""
+    from worker.video import PART_DECODING, _decoded
 
     path = face_videos[0]
     packets = [f for _, f in iter_frames(path, 10, 40)]
@@ -99,7 +100,8 @@ def test_full_size_mjpeg_is_decoded_from_its_packets_like_ffmpeg_decodes_it(
     assert len(packets) == 30 and packets[0].shape == ffmpeg[0].shape == (480, 640, 3)
     for a, b in zip(packets, ffmpeg, strict=True):
         assert np.abs(a.astype(int) - b).mean() < 1.5
-        assert not np.array_equal(a, b)  # two decoders: this really is libjpeg's picture
+        # Two decoders where the extension is built: this really is libjpeg's picture.
+        assert np.array_equal(a, b) is not PART_DECODING
     fallback = list(_decoded(path, 10, 40, 2))
     assert [i for i, _ in fallback] == list(range(10, 40))
     small = [f for _, f in iter_frames(path, 10, 40, min_width=320)]

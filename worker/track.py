@@ -9,7 +9,10 @@ its box the moment it is read, while it is still in cache: measured on 640x480 r
 (AMD machine), 0.17 instead of 0.32 ms a frame for reading and cropping. Both ways give the
 same boxes (tests/test_track.py). A caller that only crops the face can ask for just the
 part of each frame around its box: the rows of that band (about half the rows of the demo's
-640x480 frames) are all that is read, and only the part is flipped.
+640x480 frames) are all that is read, and only the part is flipped. MJPEG frames wait for
+their boxes as their compressed packets, and only the face's part of each is then decoded
+(worker._jpegpart): 0.33-0.41 instead of 0.93-1.06 ms a 640x480 frame of the demo archive
+(Intel Xeon; the whole frame decoded by the same library).
 """
 
 from __future__ import annotations
@@ -34,14 +37,16 @@ def tracked_frames(
     min_width: int | None = None,
     random_access: bool = True,
     part: bool = False,
-) -> Iterator[tuple[int, np.ndarray, Box | None]]:
+) -> Iterator[tuple[int, np.ndarray | None, Box | None]]:
     """(index, frame, face box or None) for frames [start, stop) in order, as
     worker.video.iter_frames decodes them (min_width as there) and FaceTracker places the
     boxes. random_access=False forces the one-pass way for every file (for comparison).
-    part: for a caller that only crops the face and averages its skin: where frames are read
-    at random, of a frame with a box only the pixels that worker.crops.face_crop and
-    worker.faces.skin_mean read for that box (worker.crops.crop_region) are read and set,
-    the rest of the array is left unset (a frame without a box comes whole)."""
+    part: for a caller that only crops the face and averages its skin: of a frame with a box
+    only the pixels that worker.crops.face_crop and worker.faces.skin_mean read for that box
+    (worker.crops.crop_region) are read or decoded and set, the rest of the array is left
+    unset: the face's rows of an uncompressed AVI (read at random), the face's part of each
+    MJPEG frame (_tracked_packets, where worker._jpegpart is built). A frame without a box
+    comes whole from an AVI, and as None (not decoded at all) from MJPEG."""
     tracker = FaceTracker(detector, fps)
     layout = raw_layout(path) if random_access else None
     packets = (
@@ -83,36 +88,38 @@ def tracked_frames(
 
 def _tracked_packets(
     packets: MjpegPackets, tracker: FaceTracker
-) -> Iterator[tuple[int, np.ndarray, Box | None]]:
+) -> Iterator[tuple[int, np.ndarray | None, Box | None]]:
     """tracked_frames(part=True) for MJPEG: each detection frame is decoded whole and searched;
     the frames up to the next one wait as their packets (a JPEG each, 28 KB at 640x480 in the
     demo archive, instead of 0.9 MB decoded) until that detection places their boxes, then
     only the part of each that crop_region names for its box is decoded
-    (MjpegPackets.decode_part). The boxes are those of the one-pass way: the same detections
-    on the same frames, interpolated the same way (FaceTracker.between)."""
+    (MjpegPackets.decode_part), and nothing of a frame without a box (None). The boxes are
+    those of the one-pass way: the same detections on the same frames, interpolated the same
+    way (FaceTracker.between)."""
     step = tracker.interval
     # The frames since the last detection: (index, whole frame or packet), the first whole.
     pending: list[tuple[int, np.ndarray]] = []
     box: Box | None = None  # at the last detection
     ended = False  # a frame nothing could decode: the stream ends there
 
-    def release(nxt: Box | None) -> Iterator[tuple[int, np.ndarray, Box | None]]:
+    def release(nxt: Box | None) -> Iterator[tuple[int, np.ndarray | None, Box | None]]:
         nonlocal ended
-        shape = packets.shape
         for i, (index, data) in enumerate(pending):
             here = FaceTracker.between(box, nxt, i, step)
             if i == 0:
                 frame: np.ndarray | None = data
-            elif here is None or shape is None:
-                frame = packets.decode(index, data)
+            elif here is None:
+                yield index, None, None
+                continue
             else:
-                region = crop_region(here, shape[1], shape[0])
-                frame = packets.decode_part(index, data, *region)
-            if frame is None:
-                ended = True
-                return
+                height, width = data_shape
+                frame = packets.decode_part(index, data, *crop_region(here, width, height))
+                if frame is None:
+                    ended = True
+                    return
             yield index, frame, here
 
+    data_shape = (0, 0)
     for n, (index, packet) in enumerate(packets):
         if n % step:
             pending.append((index, packet))
@@ -120,6 +127,7 @@ def _tracked_packets(
         frame = packets.decode(index, packet)
         if frame is None:
             break  # nothing can decode it: the stream ends here, as in iter_frames
+        data_shape = frame.shape[:2]
         nxt = tracker.observe(frame)
         yield from release(nxt)
         if ended:

@@ -38,6 +38,10 @@ def _fourcc(cap: cv2.VideoCapture) -> str:
     return text if text.isprintable() and text.strip() else "unknown"
 
 
+def _size(cap: cv2.VideoCapture) -> tuple[int, int]:
+    return int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+
+
 def unreadable_reason(path: Path, exc: OSError) -> str:
     """A one-line reason why `path` could not be read."""
     if path.is_symlink() and not path.exists():
@@ -145,6 +149,34 @@ _JPEG_FLAGS = {
 }
 
 
+try:  # the optional C extension (setup.py): decodes a JPEG's part only, with libjpeg-turbo
+    from worker._jpegpart import decode_part as _decode_part
+except ImportError:  # not built (no compiler or no libjpeg headers): whole frames only
+    _decode_part = None
+
+PART_DECODING = _decode_part is not None
+
+
+def decode_jpeg(packet: np.ndarray, scale: int, size: tuple[int, int]) -> np.ndarray | None:
+    """One JPEG (a 1-D uint8 array) decoded whole at 1/scale, BGR, or None when it cannot be.
+    size: the video's (width, height). With worker._jpegpart, into a new array of the scaled
+    size: cv2.imdecode decodes the same pixels with the same library but takes fresh memory
+    for its work on every call (418 page faults for a 640x480 frame against 1), which in
+    this project's virtual machines made it the slowest of three ways (a 640x480 frame of the
+    demo archive, median of 6 passes over 300: imdecode 2.1-2.6 ms, FFmpeg's decoder
+    1.3-1.6, worker._jpegpart 1.2-1.3). cv2.imdecode where the extension is not built or the
+    JPEG is not `size`."""
+    if _decode_part is not None:
+        width, height = size
+        frame = np.empty((-(-height // scale), -(-width // scale), 3), np.uint8)
+        try:
+            _decode_part(packet, scale, 0, 0, frame.shape[1], frame.shape[0], frame)
+            return frame
+        except ValueError:
+            pass
+    return cv2.imdecode(packet, _JPEG_FLAGS[scale])
+
+
 def _is_jpeg_codec(codec: str) -> bool:
     return codec.strip().upper() in _JPEG_CODECS
 
@@ -201,14 +233,6 @@ def _decoded(path: Path, start: int, stop: int, scale: int) -> Iterator[tuple[in
         cap.release()
 
 
-try:  # the optional C extension (setup.py): decodes a JPEG's part only, with libjpeg-turbo
-    from worker._jpegpart import decode_part as _decode_part
-except ImportError:  # not built (no compiler or no libjpeg headers): whole frames only
-    _decode_part = None
-
-PART_DECODING = _decode_part is not None
-
-
 class MjpegPackets:
     """An MJPEG video's frames [start, stop) as their compressed packets (each a whole JPEG,
     read without decoding), to be decoded by the caller: whole (`decode`) or only a part
@@ -224,9 +248,11 @@ class MjpegPackets:
         start: int,
         stop: int,
         first: np.ndarray,
+        size: tuple[int, int],
     ) -> None:
         self.path = path
         self.scale = scale
+        self.size = size  # the video's (width, height)
         self.shape: tuple[int, ...] | None = None  # of a decoded frame, set by decode
         self._cap = cap
         self._start = start
@@ -239,16 +265,17 @@ class MjpegPackets:
             return None
         cap = open_capture(path)
         codec = _fourcc(cap)
-        scale = jpeg_scale(codec, int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), min_width)
+        scale = jpeg_scale(codec, _size(cap)[0], min_width)
         if not (_is_jpeg_codec(codec) and _seek(cap, start)):
             cap.release()
             return None
+        size = _size(cap)
         ok = cap.set(cv2.CAP_PROP_FORMAT, -1)
         got, first = cap.read() if ok else (False, None)
-        if not got or first is None or cv2.imdecode(first.reshape(-1), cv2.IMREAD_COLOR) is None:
+        if not got or first is None or decode_jpeg(first.reshape(-1), 8, size) is None:
             cap.release()
             return None
-        return cls(path, cap, scale, start, stop, first.reshape(-1))
+        return cls(path, cap, scale, start, stop, first.reshape(-1), size)
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
         """(index, packet): packet a 1-D uint8 array, the frame's JPEG."""
@@ -266,7 +293,7 @@ class MjpegPackets:
     def decode(self, index: int, packet: np.ndarray) -> np.ndarray | None:
         """The whole frame at 1/scale, BGR, as iter_frames gives it; FFmpeg's decoder where
         libjpeg rejects the packet; None where neither can decode it."""
-        frame = cv2.imdecode(packet, _JPEG_FLAGS[self.scale])
+        frame = decode_jpeg(packet, self.scale, self.size)
         if frame is None:
             frame = next((f for _, f in _decoded(self.path, index, index + 1, self.scale)), None)
         if frame is not None and self.shape is None:
@@ -315,14 +342,18 @@ def iter_frames(
     cap = open_capture(path)
     try:
         codec = _fourcc(cap)
-        scale = jpeg_scale(codec, int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), min_width)
-        # MJPEG: the compressed packets themselves (each a whole JPEG), decoded here by
-        # libjpeg-turbo, at 1/scale. Even at full size that is cheaper than FFmpeg's decoder
-        # and its colour conversion (640x480: 0.98 against 1.48 ms a frame; 1920x1080: 6.7
-        # against 8.0 ms; Intel Xeon, minimum of 8 passes over 300 frames).
+        size = _size(cap)
+        scale = jpeg_scale(codec, size[0], min_width)
         if not _seek(cap, start):
             return
-        packets = _is_jpeg_codec(codec) and cap.set(cv2.CAP_PROP_FORMAT, -1)
+        # MJPEG: the compressed packets themselves (each a whole JPEG), decoded here at
+        # 1/scale (decode_jpeg); at full size without worker._jpegpart, FFmpeg's decoder,
+        # cheaper here than cv2.imdecode (decode_jpeg).
+        packets = (
+            _is_jpeg_codec(codec)
+            and (scale > 1 or _decode_part is not None)
+            and cap.set(cv2.CAP_PROP_FORMAT, -1)
+        )
         if not packets and scale > 1:
             cap.release()
             yield from _decoded(path, start, stop, scale)  # FFmpeg, then resized
@@ -332,7 +363,7 @@ def iter_frames(
             if not ok or frame is None:
                 return
             if packets:
-                image = cv2.imdecode(frame.reshape(-1), _JPEG_FLAGS[scale])
+                image = decode_jpeg(frame.reshape(-1), scale, size)
                 if image is None:
                     # A packet libjpeg cannot read (a JPEG variant it lacks): FFmpeg's own
                     # decoder takes over from this frame on.
