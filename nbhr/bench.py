@@ -82,19 +82,20 @@ def bench_tracking(
     from worker.video import PART_DECODING
 
     detector = FaceDetector()
-    counts = {v: probe(v).n_frames for v in videos}
+    infos = {v: probe(v) for v in videos}
+    n_frames = sum(info.n_frames for info in infos.values())
     times: dict[str, list[float]] = {"whole": [], "parts": []}
     for _ in range(pairs):
         for label, part in (("whole", False), ("parts", True)):
             with _Clock() as c:
-                for v in videos:
+                for v, info in infos.items():
                     w = (widths or {}).get(v)
                     for _, frame, box in tracked_frames(
-                        v, 0, counts[v], 30.0, detector, w, part=part
+                        v, 0, info.n_frames, info.fps, detector, w, part=part
                     ):
                         if box is not None:
                             face_crop(frame, box)
-            times[label].append(1000 * c.cpu / sum(counts.values()))
+            times[label].append(1000 * c.cpu / n_frames)
     whole, parts = min(times["whole"]), min(times["parts"])
     return {
         "ms_per_frame_whole": whole,

@@ -112,14 +112,13 @@ def _tracked_packets(
                 yield index, None, None
                 continue
             else:
-                height, width = data_shape
+                height, width, _ = packets.shape
                 frame = packets.decode_part(index, data, *crop_region(here, width, height))
                 if frame is None:
                     ended = True
                     return
             yield index, frame, here
 
-    data_shape = (0, 0)
     for n, (index, packet) in enumerate(packets):
         if n % step:
             pending.append((index, packet))
@@ -127,7 +126,6 @@ def _tracked_packets(
         frame = packets.decode(index, packet)
         if frame is None:
             break  # nothing can decode it: the stream ends here, as in iter_frames
-        data_shape = frame.shape[:2]
         nxt = tracker.observe(frame)
         yield from release(nxt)
         if ended:

@@ -157,6 +157,13 @@ except ImportError:  # not built (no compiler or no libjpeg headers): whole fram
 PART_DECODING = _decode_part is not None
 
 
+def _scaled_shape(size: tuple[int, int], scale: int) -> tuple[int, int, int]:
+    """The (height, width, 3) of a (width, height) frame decoded at 1/scale: libjpeg rounds
+    each side up."""
+    width, height = size
+    return -(-height // scale), -(-width // scale), 3
+
+
 def decode_jpeg(packet: np.ndarray, scale: int, size: tuple[int, int]) -> np.ndarray | None:
     """One JPEG (a 1-D uint8 array) decoded whole at 1/scale, BGR, or None when it cannot be.
     size: the video's (width, height). With worker._jpegpart, into a new array of the scaled
@@ -167,8 +174,7 @@ def decode_jpeg(packet: np.ndarray, scale: int, size: tuple[int, int]) -> np.nda
     1.3-1.6, worker._jpegpart 1.2-1.3). cv2.imdecode where the extension is not built or the
     JPEG is not `size`."""
     if _decode_part is not None:
-        width, height = size
-        frame = np.empty((-(-height // scale), -(-width // scale), 3), np.uint8)
+        frame = np.empty(_scaled_shape(size, scale), np.uint8)
         try:
             _decode_part(packet, scale, 0, 0, frame.shape[1], frame.shape[0], frame)
             return frame
@@ -224,10 +230,9 @@ def _decoded(path: Path, start: int, stop: int, scale: int) -> Iterator[tuple[in
             ok, frame = cap.read()
             if not ok or frame is None:
                 return
-            if scale > 1:
-                h, w = frame.shape[:2]
-                size = (-(-w // scale), -(-h // scale))  # what libjpeg's scaling gives
-                frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+            if scale > 1:  # to the size libjpeg's scaling gives
+                height, width, _ = _scaled_shape((frame.shape[1], frame.shape[0]), scale)
+                frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
             yield index, frame
     finally:
         cap.release()
@@ -253,7 +258,7 @@ class MjpegPackets:
         self.path = path
         self.scale = scale
         self.size = size  # the video's (width, height)
-        self.shape: tuple[int, ...] | None = None  # of a decoded frame, set by decode
+        self.shape = _scaled_shape(size, scale)  # of a decoded frame
         self._cap = cap
         self._start = start
         self._stop = stop
@@ -264,12 +269,11 @@ class MjpegPackets:
         if _decode_part is None or raw_layout(path) is not None:
             return None
         cap = open_capture(path)
-        codec = _fourcc(cap)
-        scale = jpeg_scale(codec, _size(cap)[0], min_width)
+        codec, size = _fourcc(cap), _size(cap)
+        scale = jpeg_scale(codec, size[0], min_width)
         if not (_is_jpeg_codec(codec) and _seek(cap, start)):
             cap.release()
             return None
-        size = _size(cap)
         ok = cap.set(cv2.CAP_PROP_FORMAT, -1)
         got, first = cap.read() if ok else (False, None)
         if not got or first is None or decode_jpeg(first.reshape(-1), 8, size) is None:
@@ -296,8 +300,6 @@ class MjpegPackets:
         frame = decode_jpeg(packet, self.scale, self.size)
         if frame is None:
             frame = next((f for _, f in _decoded(self.path, index, index + 1, self.scale)), None)
-        if frame is not None and self.shape is None:
-            self.shape = frame.shape
         return frame
 
     def decode_part(
@@ -306,9 +308,7 @@ class MjpegPackets:
         """A new frame-sized array (1/scale) of which the rows [y0, y1), at least over columns
         [x0, x1), are decoded and set, the rest left unset: libjpeg skips the rows above the
         part and the columns beside it, and stops after its last row. The whole frame
-        (decode) where the packet cannot be decoded so, or before any frame was decoded."""
-        if self.shape is None or _decode_part is None:
-            return self.decode(index, packet)
+        (decode) where the packet cannot be decoded so (open ensured the decoder is built)."""
         frame = np.empty(self.shape, np.uint8)
         try:
             _decode_part(packet, self.scale, x0, y0, x1, y1, frame)
