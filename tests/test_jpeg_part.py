@@ -119,6 +119,21 @@ def test_bench_reports_tracking_whole_frames_and_parts(face_videos: list[Path]) 
     assert out["ms_per_frame_whole"] > 0 and out["ms_per_frame_parts"] > 0
     assert out["speedup"] == pytest.approx(out["ms_per_frame_whole"] / out["ms_per_frame_parts"])
     assert out["part_decoder_built"] is PART_DECODING
+    if PART_DECODING:  # MJPEG: what reading the frames down to the face costs at the least
+        assert out["ms_per_frame_entropy_floor"] > 0
+
+
+def test_the_entropy_floor_bounds_the_pipeline_ratio(decode_part, face_videos) -> None:
+    from nbhr.bench import _with_floor, bench_entropy_floor
+
+    floor = bench_entropy_floor(face_videos[:1], {face_videos[0]: None}, FaceDetector())
+    assert floor is not None and floor > 0
+    overhead = {"video_s": 10.0, "inference_cpu_s": 0.6, "ratio": 1.4}
+    got = _with_floor(overhead, {"ms_per_frame_entropy_floor": 0.5})
+    # 300 frames at 0.5 ms: 0.15 s on top of 0.6 s of inference.
+    assert got["ratio_floor_entropy"] == pytest.approx(1.25)
+    assert got["ratio"] == 1.4
+    assert _with_floor(overhead, {"ms_per_frame_whole": 1.0}) == overhead  # not MJPEG
 
 
 def test_frames_without_a_face_are_not_decoded_in_parts(decode_part, demo) -> None:
