@@ -76,7 +76,8 @@ def bench_tracking(
     and reading only the part around each box (worker.track.tracked_frames(part=True): the
     face's rows of an uncompressed AVI; the face's part of each MJPEG frame, decoded by
     worker._jpegpart where it was built). Run alternately `pairs` times in this process;
-    CPU ms a frame, the lowest of the runs (this project's machines are shared and noisy)."""
+    CPU ms a frame, the lowest of the runs (this project's machines are shared and noisy).
+    For MJPEG with the part decoder, also the entropy floor (bench_entropy_floor)."""
     from worker.crops import face_crop
     from worker.track import tracked_frames
     from worker.video import PART_DECODING
