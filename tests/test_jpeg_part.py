@@ -123,11 +123,20 @@ def test_bench_reports_tracking_whole_frames_and_parts(face_videos: list[Path]) 
         assert out["ms_per_frame_entropy_floor"] > 0
 
 
-def test_the_entropy_floor_bounds_the_pipeline_ratio(decode_part, face_videos) -> None:
+def test_the_entropy_floor_bounds_the_pipeline_ratio(decode_part, face_videos, tmp_path) -> None:
     from nbhr.bench import _with_floor, bench_entropy_floor
+    from worker.avi import RawAviWriter
 
     floor = bench_entropy_floor(face_videos[:1], {face_videos[0]: None}, FaceDetector())
     assert floor is not None and floor > 0
+    # Uncompressed frames have no entropy-coded data: no floor.
+    raw = tmp_path / "raw.avi"
+    frames = [frame for _, frame in iter_frames(face_videos[0], 0, 30)]
+    height, width, _ = frames[0].shape
+    with RawAviWriter(raw, 30.0, (width, height)) as writer:
+        for frame in frames:
+            writer.write(frame)
+    assert bench_entropy_floor([raw], None, FaceDetector()) is None
     overhead = {"video_s": 10.0, "inference_cpu_s": 0.6, "ratio": 1.4}
     got = _with_floor(overhead, {"ms_per_frame_entropy_floor": 0.5})
     # 300 frames at 0.5 ms: 0.15 s on top of 0.6 s of inference.
