@@ -25,10 +25,10 @@ from model.classical import ESTIMATORS, make_estimator
 from scheduler.discover import find_videos, load_manifest, register_archive
 from scheduler.local import run_segments
 from scheduler.plan import plan_job
-from worker.faces import DETECT_WIDTH, FaceDetector, skin_mean
+from worker.faces import DETECT_WIDTH, Box, FaceDetector, skin_mean
 from worker.options import ProcessingOptions
 from worker.process import crop_decode_width, init_process
-from worker.video import iter_frames, probe
+from worker.video import PART_DECODING, iter_frames, probe
 
 
 class _Clock:
@@ -80,20 +80,22 @@ def bench_tracking(
     For MJPEG with the part decoder, also the entropy floor (bench_entropy_floor)."""
     from worker.crops import face_crop
     from worker.track import tracked_frames
-    from worker.video import PART_DECODING
 
     detector = FaceDetector()
     infos = {v: probe(v) for v in videos}
     n_frames = sum(info.n_frames for info in infos.values())
     times: dict[str, list[float]] = {"whole": [], "parts": []}
+    boxes: dict[Path, dict[int, Box | None]] = {v: {} for v in videos}  # for the floor
     for _ in range(pairs):
         for label, part in (("whole", False), ("parts", True)):
             with _Clock() as c:
                 for v, info in infos.items():
                     w = (widths or {}).get(v)
-                    for _, frame, box in tracked_frames(
+                    for i, frame, box in tracked_frames(
                         v, 0, info.n_frames, info.fps, detector, w, part=part
                     ):
+                        if part:
+                            boxes[v][i] = box
                         if box is not None:
                             face_crop(frame, box)
             times[label].append(1000 * c.cpu / n_frames)
@@ -104,44 +106,41 @@ def bench_tracking(
         "speedup": whole / parts,
         "part_decoder_built": PART_DECODING,
     }
-    floor = bench_entropy_floor(videos, widths, detector) if PART_DECODING else None
+    floor = bench_entropy_floor(videos, widths, boxes) if PART_DECODING else None
     if floor is not None:
         out["ms_per_frame_entropy_floor"] = floor
     return out
 
 
 def bench_entropy_floor(
-    videos: list[Path], widths: dict[Path, int | None] | None, detector: FaceDetector
+    videos: list[Path],
+    widths: dict[Path, int | None] | None,
+    boxes: dict[Path, dict[int, Box | None]],
 ) -> float | None:
     """CPU ms a frame of reading each MJPEG frame's entropy-coded data down to its face's last
     row: libjpeg asked for a strip 8 rows high at the bottom of crop_region(box), so that the
     rows above are only entropy-decoded and skipped, and nothing else of the frame is
     decoded. Baseline JPEG without restart markers (these files have none) must be read that
     far, bit by bit, by any decoder before the face's pixels can be had, so this is what no
-    pipeline that crops the face can go below. The lowest of 3 passes over each video's
-    packets (held in memory, one video at a time); None for other codecs."""
+    pipeline that crops the face can go below. boxes: each video's frame index -> box, as
+    tracked_frames gives them (bench_tracking collects them as it times the parts). The
+    lowest of 3 passes over each video's packets (held in memory, one video at a time); None
+    for other codecs."""
     from worker._jpegpart import decode_part
 
     from worker.crops import crop_region
-    from worker.track import tracked_frames
     from worker.video import MjpegPackets
 
     cpu = 0.0  # the lowest of 3 passes over each video, summed
     n_frames = 0
     for v in videos:
-        info = probe(v)
-        w = (widths or {}).get(v)
-        boxes = {
-            i: box
-            for i, _, box in tracked_frames(v, 0, info.n_frames, info.fps, detector, w, part=True)
-        }
-        packets = MjpegPackets.open(v, 0, info.n_frames, w)
+        packets = MjpegPackets.open(v, 0, probe(v).n_frames, (widths or {}).get(v))
         if packets is None:
             return None
         height, width, _ = packets.shape
         strips = []  # (packet, strip) of every frame with a box
         for index, packet in packets:
-            box = boxes.get(index)
+            box = boxes[v].get(index)
             if box is not None:
                 x0, _, x1, y1 = crop_region(box, width, height)
                 strips.append((packet, (x0, max(y1 - 8, 0), x1, y1)))
@@ -153,7 +152,7 @@ def bench_entropy_floor(
                     decode_part(packet, packets.scale, *strip, out)
             runs.append(c.cpu)
         cpu += min(runs)
-        n_frames += len(boxes)
+        n_frames += len(boxes[v])
     return 1000 * cpu / n_frames if n_frames else None
 
 

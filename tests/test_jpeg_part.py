@@ -106,7 +106,7 @@ def test_a_packet_libjpeg_rejects_is_decoded_by_ffmpeg(
     first = packets.decode(10, got[0][1])
     assert first is not None and packets.shape == (480, 640, 3)
     # Garbage where frame 11's JPEG should be: the frame comes from FFmpeg's decoder instead.
-    frame = packets.decode_part(11, np.frombuffer(b"\xff\xd8garbage", np.uint8), 0, 0, 64, 64)
+    frame = packets.decode(11, np.frombuffer(b"\xff\xd8garbage", np.uint8), (0, 0, 64, 64))
     ffmpeg = next(iter_frames(path, 11, 12))[1]
     assert frame is not None and frame.shape == ffmpeg.shape
     assert np.abs(frame.astype(int) - ffmpeg).mean() < 1.5
@@ -127,7 +127,9 @@ def test_the_entropy_floor_bounds_the_pipeline_ratio(decode_part, face_videos, t
     from nbhr.bench import _with_floor, bench_entropy_floor
     from worker.avi import RawAviWriter
 
-    floor = bench_entropy_floor(face_videos[:1], {face_videos[0]: None}, FaceDetector())
+    video = face_videos[0]
+    boxes = {i: b for i, _, b in tracked_frames(video, 0, 90, 30.0, FaceDetector(), part=True)}
+    floor = bench_entropy_floor([video], {video: None}, {video: boxes})
     assert floor is not None and floor > 0
     # Uncompressed frames have no entropy-coded data: no floor.
     raw = tmp_path / "raw.avi"
@@ -136,7 +138,7 @@ def test_the_entropy_floor_bounds_the_pipeline_ratio(decode_part, face_videos, t
     with RawAviWriter(raw, 30.0, (width, height)) as writer:
         for frame in frames:
             writer.write(frame)
-    assert bench_entropy_floor([raw], None, FaceDetector()) is None
+    assert bench_entropy_floor([raw], None, {raw: {}}) is None
     overhead = {"video_s": 10.0, "inference_cpu_s": 0.6, "ratio": 1.4}
     got = _with_floor(overhead, {"ms_per_frame_entropy_floor": 0.5})
     # 300 frames at 0.5 ms: 0.15 s on top of 0.6 s of inference.

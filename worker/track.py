@@ -93,10 +93,11 @@ def _tracked_packets(
     the frames up to the next one wait as their packets (a JPEG each, 28 KB at 640x480 in the
     demo archive, instead of 0.9 MB decoded) until that detection places their boxes, then
     only the part of each that crop_region names for its box is decoded
-    (MjpegPackets.decode_part), and nothing of a frame without a box (None). The boxes are
+    (MjpegPackets.decode), and nothing of a frame without a box (None). The boxes are
     those of the one-pass way: the same detections on the same frames, interpolated the same
     way (FaceTracker.between)."""
     step = tracker.interval
+    height, width, _ = packets.shape
     # The frames since the last detection: (index, whole frame or packet), the first whole.
     pending: list[tuple[int, np.ndarray]] = []
     box: Box | None = None  # at the last detection
@@ -112,8 +113,7 @@ def _tracked_packets(
                 yield index, None, None
                 continue
             else:
-                height, width, _ = packets.shape
-                frame = packets.decode_part(index, data, *crop_region(here, width, height))
+                frame = packets.decode(index, data, crop_region(here, width, height))
                 if frame is None:
                     ended = True
                     return

@@ -164,19 +164,28 @@ def _scaled_shape(size: tuple[int, int], scale: int) -> tuple[int, int, int]:
     return -(-height // scale), -(-width // scale), 3
 
 
-def decode_jpeg(packet: np.ndarray, scale: int, size: tuple[int, int]) -> np.ndarray | None:
-    """One JPEG (a 1-D uint8 array) decoded whole at 1/scale, BGR, or None when it cannot be.
+def decode_jpeg(
+    packet: np.ndarray,
+    scale: int,
+    size: tuple[int, int],
+    part: tuple[int, int, int, int] | None = None,
+) -> np.ndarray | None:
+    """One JPEG (a 1-D uint8 array) decoded at 1/scale, BGR, or None when it cannot be.
     size: the video's (width, height). With worker._jpegpart, into a new array of the scaled
     size: cv2.imdecode decodes the same pixels with the same library but takes fresh memory
     for its work on every call (418 page faults for a 640x480 frame against 1), which in
     this project's virtual machines made it the slowest of three ways (a 640x480 frame of the
     demo archive, median of 6 passes over 300: imdecode 2.1-2.6 ms, FFmpeg's decoder
-    1.3-1.6, worker._jpegpart 1.2-1.3). cv2.imdecode where the extension is not built or the
-    JPEG is not `size`."""
+    1.3-1.6, worker._jpegpart 1.2-1.3). part: (x0, y0, x1, y1) in the scaled frame's pixels:
+    only rows [y0, y1), at least over columns [x0, x1), are decoded and set, the rest of the
+    array is left unset (libjpeg skips the rows above and the columns beside, and stops after
+    the last row). The whole frame by cv2.imdecode where the extension is not built or cannot
+    decode the JPEG at `size`."""
     if _decode_part is not None:
         frame = np.empty(_scaled_shape(size, scale), np.uint8)
+        x0, y0, x1, y1 = part or (0, 0, frame.shape[1], frame.shape[0])
         try:
-            _decode_part(packet, scale, 0, 0, frame.shape[1], frame.shape[0], frame)
+            _decode_part(packet, scale, x0, y0, x1, y1, frame)
             return frame
         except ValueError:
             pass
@@ -240,8 +249,8 @@ def _decoded(path: Path, start: int, stop: int, scale: int) -> Iterator[tuple[in
 
 class MjpegPackets:
     """An MJPEG video's frames [start, stop) as their compressed packets (each a whole JPEG,
-    read without decoding), to be decoded by the caller: whole (`decode`) or only a part
-    (`decode_part`), at 1/scale (jpeg_scale of min_width). `open` returns None for a video
+    read without decoding), to be decoded by the caller, whole or only a part (`decode`), at
+    1/scale (jpeg_scale of min_width). `open` returns None for a video
     that is not MJPEG, whose packets OpenCV cannot hand out, whose first packet libjpeg cannot
     decode, or when the part decoder was not built: such a video is read by iter_frames."""
 
@@ -294,26 +303,16 @@ class MjpegPackets:
         finally:
             self._cap.release()
 
-    def decode(self, index: int, packet: np.ndarray) -> np.ndarray | None:
-        """The whole frame at 1/scale, BGR, as iter_frames gives it; FFmpeg's decoder where
-        libjpeg rejects the packet; None where neither can decode it."""
-        frame = decode_jpeg(packet, self.scale, self.size)
+    def decode(
+        self, index: int, packet: np.ndarray, part: tuple[int, int, int, int] | None = None
+    ) -> np.ndarray | None:
+        """The frame at 1/scale, BGR, as iter_frames gives it, whole or, with `part`
+        ((x0, y0, x1, y1) in the decoded frame's pixels), only that part set (decode_jpeg);
+        the whole frame from FFmpeg's decoder where libjpeg rejects the packet; None where
+        neither can decode it."""
+        frame = decode_jpeg(packet, self.scale, self.size, part)
         if frame is None:
             frame = next((f for _, f in _decoded(self.path, index, index + 1, self.scale)), None)
-        return frame
-
-    def decode_part(
-        self, index: int, packet: np.ndarray, x0: int, y0: int, x1: int, y1: int
-    ) -> np.ndarray | None:
-        """A new frame-sized array (1/scale) of which the rows [y0, y1), at least over columns
-        [x0, x1), are decoded and set, the rest left unset: libjpeg skips the rows above the
-        part and the columns beside it, and stops after its last row. The whole frame
-        (decode) where the packet cannot be decoded so (open ensured the decoder is built)."""
-        frame = np.empty(self.shape, np.uint8)
-        try:
-            _decode_part(packet, self.scale, x0, y0, x1, y1, frame)
-        except ValueError:
-            return self.decode(index, packet)
         return frame
 
 
