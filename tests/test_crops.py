@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -24,6 +25,19 @@ def test_face_crop_at_the_frame_edge_keeps_scale() -> None:
     frame = np.full((480, 640, 3), 100, np.uint8)
     crop = face_crop(frame, Box(-30, -30, 100, 100))
     assert crop.shape == (128, 128, 3) and (crop == 100).all()
+
+
+def test_a_bgra_frame_gives_the_bgr_frames_crop() -> None:
+    # Parts of frames come as 4 channels (worker.track), which OpenCV warps faster; the crop
+    # must be the one the same BGR frame gives, wherever the box is, at the edges included.
+    rng = np.random.default_rng(11)
+    frame = cv2.GaussianBlur(rng.integers(0, 256, (240, 320, 3), np.uint8), (5, 5), 1.5)
+    bgra = cv2.cvtColor(frame, cv2.COLOR_BGR2BGRA)
+    bgra[..., 3] = rng.integers(0, 256, (240, 320), np.uint8)  # whatever the 4th byte holds
+    for _ in range(300):
+        side = rng.uniform(20, 260)
+        box = Box(rng.uniform(-60, 300), rng.uniform(-60, 220), side, side * rng.uniform(0.8, 1.2))
+        assert np.array_equal(face_crop(bgra, box), face_crop(frame, box))
 
 
 @pytest.mark.parametrize(

@@ -57,6 +57,20 @@ def test_a_part_is_the_whole_decodes_picture_and_nothing_below_it(
         assert (out[y0:y1, x1 + 16 :] == 7).all()
 
 
+@pytest.mark.parametrize("scale", [1, 2])
+def test_a_four_channel_buffer_gets_the_same_pixels_as_bgra(
+    decode_part, face_videos: list[Path], scale: int
+) -> None:
+    for packet in _packets(face_videos[0], 3):
+        h, w, _ = cv2.imdecode(packet, cv2.IMREAD_REDUCED_COLOR_2 if scale == 2 else 1).shape
+        x0, y0, x1, y1 = w // 4, h // 4, w // 2, h // 2
+        bgr, bgra = np.zeros((h, w, 3), np.uint8), np.zeros((h, w, 4), np.uint8)
+        decode_part(packet, scale, x0, y0, x1, y1, bgr)
+        decode_part(packet, scale, x0, y0, x1, y1, bgra)
+        assert np.array_equal(bgra[..., :3], bgr)  # the same rows and columns, the same pixels
+        assert (bgra[y0:y1, x0:x1, 3] == 255).all() and (bgra[:y0] == 0).all()
+
+
 def test_bad_data_and_a_wrong_buffer_are_errors(decode_part, face_videos: list[Path]) -> None:
     packet = _packets(face_videos[0], 1)[0]
     whole = cv2.imdecode(packet, cv2.IMREAD_COLOR)
@@ -65,6 +79,8 @@ def test_bad_data_and_a_wrong_buffer_are_errors(decode_part, face_videos: list[P
         decode_part(b"not a jpeg at all", 1, 0, 0, 10, 10, out)
     with pytest.raises(ValueError, match="decodes to 640x480"):
         decode_part(packet, 1, 0, 0, 10, 10, np.empty((240, 320, 3), np.uint8))
+    with pytest.raises(ValueError, match="decodes to 640x480"):
+        decode_part(packet, 1, 0, 0, 10, 10, np.empty((480, 640, 2), np.uint8))
     with pytest.raises(ValueError, match="scale"):
         decode_part(packet, 3, 0, 0, 10, 10, out)
     # A JPEG cut short decodes as far as it goes (libjpeg pads the rest), as imdecode does.
@@ -106,10 +122,11 @@ def test_a_packet_libjpeg_rejects_is_decoded_by_ffmpeg(
     first = packets.decode(10, got[0][1])
     assert first is not None and packets.shape == (480, 640, 3)
     # Garbage where frame 11's JPEG should be: the frame comes from FFmpeg's decoder instead.
+    # A part comes as BGRA, from FFmpeg too.
     frame = packets.decode(11, np.frombuffer(b"\xff\xd8garbage", np.uint8), (0, 0, 64, 64))
     ffmpeg = next(iter_frames(path, 11, 12))[1]
-    assert frame is not None and frame.shape == ffmpeg.shape
-    assert np.abs(frame.astype(int) - ffmpeg).mean() < 1.5
+    assert frame is not None and frame.shape == (*ffmpeg.shape[:2], 4)
+    assert np.abs(frame[..., :3].astype(int) - ffmpeg).mean() < 1.5
 
 
 def test_bench_reports_tracking_whole_frames_and_parts(face_videos: list[Path]) -> None:

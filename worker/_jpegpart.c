@@ -11,8 +11,9 @@
  *   data: the JPEG (any object with the buffer protocol).
  *   scale: 1, 2, 4 or 8: decode at 1/scale of the coded size, as cv2.IMREAD_REDUCED_* does.
  *   x0, y0, x1, y1: the part, in pixels of the decoded (scaled) image, clipped to it.
- *   out: a writable C-contiguous uint8 buffer of height * width * 3 bytes, the decoded image's
- *     size; the part's rows (at least its columns) are written into it as BGR, in place.
+ *   out: a writable C-contiguous uint8 buffer of height * width * 3 or * 4 bytes, the decoded
+ *     image's size; the part's rows (at least its columns) are written into it in place, as
+ *     BGR or, in a 4-byte buffer, as BGRA (alpha 255).
  * Raises ValueError with libjpeg's message for data it cannot decode, or when `out` is not the
  * decoded image's size. Python's lock is released while libjpeg works.
  */
@@ -66,18 +67,21 @@ static int decode(const unsigned char *data, size_t size, int scale, long x0, lo
     }
     jpeg_mem_src(&cinfo, data, (unsigned long)size);
     jpeg_read_header(&cinfo, TRUE);
-    cinfo.out_color_space = JCS_EXT_BGR;
     cinfo.scale_num = 1;
     cinfo.scale_denom = (unsigned int)scale;
-    jpeg_start_decompress(&cinfo);
+    jpeg_calc_output_dimensions(&cinfo);
     long width = (long)cinfo.output_width, height = (long)cinfo.output_height;
-    if ((size_t)width * (size_t)height * 3 != out_size) {
+    size_t pixels = (size_t)width * (size_t)height;
+    if (pixels * 3 != out_size && pixels * 4 != out_size) {
         snprintf(err->message, sizeof err->message,
-                 "out holds %zu bytes; the image decodes to %ldx%ld (%ld bytes)", out_size,
-                 width, height, width * height * 3);
+                 "out holds %zu bytes; the image decodes to %ldx%ld (%zu bytes as BGR, %zu as "
+                 "BGRA)", out_size, width, height, pixels * 3, pixels * 4);
         jpeg_destroy_decompress(&cinfo);
         return 2;
     }
+    long channels = pixels * 3 == out_size ? 3 : 4;
+    cinfo.out_color_space = channels == 3 ? JCS_EXT_BGR : JCS_EXT_BGRA;
+    jpeg_start_decompress(&cinfo);
     x0 = clip(x0, 0, width - 1);
     x1 = clip(x1, x0 + 1, width);
     y0 = clip(y0, 0, height - 1);
@@ -88,7 +92,7 @@ static int decode(const unsigned char *data, size_t size, int scale, long x0, lo
     if (y0 > 0)
         jpeg_skip_scanlines(&cinfo, (JDIMENSION)y0);
     while ((long)cinfo.output_scanline < y1) {
-        JSAMPROW row = out + ((size_t)cinfo.output_scanline * width + xoff) * 3;
+        JSAMPROW row = out + ((size_t)cinfo.output_scanline * width + xoff) * channels;
         if (jpeg_read_scanlines(&cinfo, &row, 1) != 1)
             break; /* suspended: the data ended early (libjpeg warned and padded) */
     }
@@ -136,7 +140,7 @@ static PyObject *decode_part(PyObject *self, PyObject *args)
 static PyMethodDef methods[] = {
     {"decode_part", decode_part, METH_VARARGS,
      "decode_part(data, scale, x0, y0, x1, y1, out): decode rows y0..y1 (at least columns "
-     "x0..x1) of a JPEG at 1/scale into out (height x width x 3 BGR), in place."},
+     "x0..x1) of a JPEG at 1/scale into out (height x width x 3 BGR, or x 4 BGRA), in place."},
     {NULL, NULL, 0, NULL},
 };
 

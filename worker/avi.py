@@ -348,13 +348,15 @@ class RawAviReader:
         return cv2.flip(image, 0) if lay.bottom_up else image.copy()
 
     def read_part(self, index: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray | None:
-        """Frame `index` as a new full-size array of which only columns [x0, x1) of rows
-        [y0, y1) are read from the file and set; the rest is left unset. Only the stored rows
-        of that band are read (a frame's rows lie one after another in the file, bottom row
-        first in a bottom-up file) and only the part is flipped. The part keeps its place in
-        the frame, so whatever samples it (worker.crops.face_crop) computes exactly what it
-        computes on the whole frame: a part cut out and moved to the origin, its box shifted
-        with it, gave OpenCV's warp crops 1 level apart on a third of 5,000 random boxes."""
+        """Frame `index` as a new full-size 4-channel array, B, G, R and a fourth byte
+        nothing reads (OpenCV's warp, worker.crops.face_crop, runs about twice as fast on 4
+        channels as on 3), of which only columns [x0, x1) of rows [y0, y1) are read from the
+        file and set; the rest is left unset. Only the stored rows of that band are read (a
+        frame's rows lie one after another in the file, bottom row first in a bottom-up file)
+        and only the part is flipped. The part keeps its place in the frame, so whatever
+        samples it (worker.crops.face_crop) computes exactly what it computes on the whole
+        frame: a part cut out and moved to the origin, its box shifted with it, gave OpenCV's
+        warp crops 1 level apart on a third of 5,000 random boxes."""
         lay = self.layout
         k = self._stored(index)
         if k is None:
@@ -368,10 +370,13 @@ class RawAviReader:
         if self._fh.readinto(memoryview(self._buf[:n])) != n:
             return None
         part = self._pixels(self._buf[:n].reshape(y1 - y0, lay.stride))[:, x0:x1]
-        frame = np.empty((lay.height, lay.width, 3), np.uint8)
+        frame = np.empty((lay.height, lay.width, 4), np.uint8)
         target = frame[y0:y1, x0:x1]
-        if lay.bits == 32:
-            part = cv2.cvtColor(part, cv2.COLOR_BGRA2BGR)
+        if lay.bits == 24:
+            if not lay.bottom_up:
+                cv2.cvtColor(part, cv2.COLOR_BGR2BGRA, dst=target)
+                return frame
+            part = cv2.cvtColor(part, cv2.COLOR_BGR2BGRA)
         if lay.bottom_up:
             cv2.flip(part, 0, dst=target)
         else:

@@ -270,7 +270,8 @@ def region_mean(frame_bgr: np.ndarray, box: Box | None) -> np.ndarray:
 
 
 def skin_mean(frame_bgr: np.ndarray, face: Box) -> np.ndarray:
-    """Mean RGB (0-255, float (3,)) of the skin pixels of a face, NaNs when there are too few.
+    """Mean RGB (0-255, float (3,)) of the skin pixels of a face, NaNs when there are too few;
+    from a BGR frame, or a BGRA one (worker.track's parts).
 
     The face box is shrunk to the central face (dropping hair and background at its edges)
     and pixels outside a broad YCrCb skin range (eyes, brows, nostrils) are ignored.
@@ -279,6 +280,8 @@ def skin_mean(frame_bgr: np.ndarray, face: Box) -> np.ndarray:
     crop = _clip(frame_bgr, inner)
     if crop is None:
         return np.full(3, np.nan)
+    if crop.shape[2] == 4:  # BGRA (worker.track's parts)
+        crop = cv2.cvtColor(crop, cv2.COLOR_BGRA2BGR)
     crop = _shrink(crop)
     ycrcb = cv2.cvtColor(crop, cv2.COLOR_BGR2YCrCb)
     mask = cv2.inRange(ycrcb, (0, 133, 77), (255, 173, 127))
