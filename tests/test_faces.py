@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from worker.faces import Box, FaceDetector, FaceTracker, region_mean, skin_mean
+from worker.faces import Box, FaceDetector, FaceTracker, _weights_at, region_mean, skin_mean
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +96,55 @@ def test_detection_near_the_last_box_then_in_the_whole_frame(
     assert detector._detect_near(gray, Box(*(v / 2 for v in off.astuple()))) is None
     moved = detector.detect(shifted, full=False, near=off)
     assert moved is not None and abs(moved.cx - (full.cx - 200)) < 0.2 * full.w
+
+
+def _grey_320(frame_bgr: np.ndarray) -> np.ndarray:
+    small = cv2.resize(frame_bgr, (320, 240), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+
+
+def test_each_filter_alone_finds_what_it_finds_among_all_five(
+    detector: FaceDetector, portrait: np.ndarray
+) -> None:
+    filters = detector._filters
+    assert filters is not None and [f.num_detectors for f in filters] == [1] * 5
+    winners = set()
+    for angle in (0, -20, 25):  # upright: the frontal filter; tilted: the tilted ones
+        rot = cv2.getRotationMatrix2D((320, 240), angle, 1.0)
+        gray = _grey_320(cv2.warpAffine(portrait, rot, (640, 480), borderMode=cv2.BORDER_REPLICATE))
+        found = detector._detect_gray(gray, 0)
+        assert found
+        score, box, k = max(found, key=lambda f: f[0])
+        alone = detector._detect_gray(gray, 0, filters[k])
+        assert [(s, b) for s, b, _ in alone] == [(s, b) for s, b, j in found if j == k]
+        assert (score, box) in [(s, b) for s, b, _ in alone]
+        winners.add(k)
+    assert len(winners) == 3  # three different filters were tried alone
+
+
+def test_the_near_search_tries_the_last_filter_then_all(
+    detector: FaceDetector, portrait: np.ndarray
+) -> None:
+    rot = cv2.getRotationMatrix2D((320, 240), -20, 1.0)
+    tilted = cv2.warpAffine(portrait, rot, (640, 480), borderMode=cv2.BORDER_REPLICATE)
+    gray = _grey_320(tilted)
+    _, box, k = max(detector._detect_gray(gray, 0), key=lambda f: f[0])
+    assert k != 0  # a tilted face: not the frontal filter's
+    for last in (k, 0):  # the filter that found it, then one that finds nothing there
+        detector.last_filter = last
+        near = detector._detect_near(gray, box)
+        assert near == box and detector.last_filter == k
+    # On a full frame, the whole-frame search records its winner too.
+    detector.last_filter, detector.last_angle = None, 0.0
+    assert detector.detect(tilted, full=False) is not None and detector.last_filter == k
+
+
+def test_a_detector_saved_otherwise_is_left_whole() -> None:
+    with pytest.raises(ValueError):
+        _weights_at(bytes([1, 1, 0x81, 3, 0x81, 1, 1, 2]), 0)  # a vector cut short
+    with pytest.raises(ValueError):
+        _weights_at(bytes([1, 1, 0x81, 1, 0x81, 1, 1, 2, 1, 3, 9]), 0)  # bytes after the last
+    assert _weights_at(bytes([1, 1, 0x81, 1, 0x81, 1, 1, 2, 1, 3]), 0) == [(2, 10)]
 
 
 def test_skin_mean_ignores_non_skin(portrait: np.ndarray) -> None:
