@@ -128,7 +128,9 @@ def _filters_apart(detector: Any) -> list[Any] | None:
             whole = Path(tmp) / "detector.svm"
             detector.save(str(whole))
             data = whole.read_bytes()
-            for at in range(len(data)):  # the settings before the count vary in length
+            # The settings before the count vary in length (50 bytes in dlib 20.0): look for
+            # it in the first few KB, not through the 155 KB of weights.
+            for at in range(min(len(data), 4096)):
                 try:
                     spans = _weights_at(data, at)
                 except ValueError:
