@@ -134,6 +134,30 @@ def test_the_near_search_tries_the_last_filter_then_all(
         detector.last_filter = last
         near = detector._detect_near(gray, box)
         assert near == box and detector.last_filter == k
+
+    # A box of the one filter that hardly overlaps the last box is left to all five to judge.
+    class Counted:
+        def __init__(self, detector: object) -> None:
+            self.detector, self.runs = detector, 0
+
+        def run(self, *args: object) -> object:
+            self.runs += 1
+            return self.detector.run(*args)
+
+    far = Box(box.x + 0.6 * box.w, box.y, box.w, box.h)  # IoU 0.25 with the face's box
+    detector.last_filter = None
+    by_five = detector._detect_near(gray, far)  # all five, in the square around `far`
+    assert by_five is not None and by_five.iou(box) > 0.6
+    one, five = Counted(detector._filters[k]), Counted(detector._detector)
+    detector._filters[k], detector._detector = one, five
+    try:
+        detector.last_filter = k
+        assert detector._detect_near(gray, box) == box
+        assert (one.runs, five.runs) == (1, 0)
+        assert detector._detect_near(gray, far) == by_five
+        assert (one.runs, five.runs) == (2, 1)
+    finally:
+        detector._filters[k], detector._detector = one.detector, five.detector
     # On a full frame, the whole-frame search records its winner too.
     detector.last_filter, detector.last_angle = None, 0.0
     assert detector.detect(tilted, full=False) is not None and detector.last_filter == k

@@ -21,13 +21,19 @@ DETECT_WIDTH = 320
 # A face found at the previous detection is looked for first in a square around it (the box
 # widened by NEAR_MARGIN of its side on each side), cut from the same downscaled grey frame the
 # whole-frame search uses, at a corner on its 8-px HOG cell grid, and first with the one HOG
-# filter that found it there (_filters_apart): the same pixels, the same cells and the same
-# filter, so a face that stays inside, still best matched by that filter, gets the box the
-# whole-frame search gives (a run cut into segments, each starting with a whole-frame search,
-# then finds the same boxes and beats). On the demo archive's 640x480 frames: 2.6 instead of
-# 5.0 ms a detection with all five filters (AMD machine; 2.4 instead of 6.8 on an Intel one),
-# and 1.9 instead of 3.2 ms with the one filter against all five (Intel Xeon).
+# filter that found it there (_filters_apart). The square's edges change the HOG features of
+# the cells beside them, so its box is close to the whole-frame search's, not the same: on the
+# 354 detection frames of 6 face videos of the demo archive (the square cut around the last
+# whole-frame box, all five filters), IoU 0.69-1.00 (mean 0.84), 5 px apart on average in the
+# 320-px grey frame, the same box on 4. A run cut into segments, each starting with a
+# whole-frame search, so places its boxes a little differently near each segment's start than
+# one run through. On the demo archive's 640x480 frames: 2.6 instead of 5.0 ms a detection
+# with all five filters (AMD machine; 2.4 instead of 6.8 on an Intel one), and 1.9 instead of
+# 3.2 ms with the one filter against all five (Intel Xeon).
 NEAR_MARGIN = 0.35
+# The overlap (IoU) with the last box above which FaceTracker blends a new box into it, and
+# above which the near search takes the box of the last face's filter alone.
+NEAR_OVERLAP = 0.3
 _HOG_CELL = 8
 # Rotations (degrees) tried when the upright frame has no face: newborns lie at any angle.
 RETRY_ANGLES = (-30.0, 30.0, -60.0, 60.0, -90.0, 90.0)
@@ -192,7 +198,9 @@ class FaceDetector:
         """The most confident upright face in the part of `gray` around `near` (both in the
         grey frame's pixels), or None. Looked for first with the filter that found the last
         face alone (_filters_apart), then with all of them: the box is the one all of them
-        give whenever that filter still scores highest."""
+        give whenever that filter still scores highest. The one filter's box is taken only
+        where it overlaps `near` as the tracker's blending asks (NEAR_OVERLAP): anything else
+        in the square is left to all five to judge."""
         h, w = gray.shape
         reach = max(near.w, near.h) * (0.5 + NEAR_MARGIN)
         x0 = max(0, int(near.cx - reach) // _HOG_CELL * _HOG_CELL)
@@ -203,9 +211,11 @@ class FaceDetector:
         part = np.ascontiguousarray(gray[y0:y1, x0:x1])
         if self._filters is not None and self.last_filter is not None:
             found = self._detect_gray(part, 0, self._filters[self.last_filter])
-            if found:  # the same filter found it again
+            if found:
                 _, box, _ = max(found, key=lambda f: f[0])
-                return Box(x0 + box.x, y0 + box.y, box.w, box.h)
+                box = Box(x0 + box.x, y0 + box.y, box.w, box.h)
+                if box.iou(near) > NEAR_OVERLAP:  # the same filter found the same face again
+                    return box
         found = self._detect_gray(part, 0)
         if not found:
             return None
@@ -288,7 +298,7 @@ class FaceTracker:
             return self._prev if self._misses <= self.hold else None
         self._misses = 0
         self._full_misses = 0
-        if self._prev is not None and self._prev.iou(box) > 0.3:
+        if self._prev is not None and self._prev.iou(box) > NEAR_OVERLAP:
             box = self._prev.blend(box, self.smoothing)
         return box
 
