@@ -163,7 +163,7 @@ def test_the_near_search_tries_the_last_filter_then_all(
     assert detector.detect(tilted, full=False) is not None and detector.last_filter == k
 
 
-def test_a_detector_saved_otherwise_is_left_whole() -> None:
+def test_saved_weights_are_read_only_where_they_end_the_file() -> None:
     with pytest.raises(ValueError):
         _weights_at(bytes([1, 1, 0x81, 3, 0x81, 1, 1, 2]), 0)  # a vector cut short
     with pytest.raises(ValueError):
