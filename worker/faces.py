@@ -179,15 +179,26 @@ class FaceDetector:
             for r, s, k in zip(rects, scores, filters, strict=True)
         ]
 
+    def _best(
+        self, gray: np.ndarray, upsample: int, detector: Any = None, at: tuple[int, int] = (0, 0)
+    ) -> tuple[float, Box, int] | None:
+        """The most confident of _detect_gray's faces, its box moved by `at` (the corner of
+        `gray` in a larger frame), or None."""
+        found = self._detect_gray(gray, upsample, detector)
+        if not found:
+            return None
+        score, box, k = max(found, key=lambda f: f[0])
+        return score, Box(at[0] + box.x, at[1] + box.y, box.w, box.h), k
+
     def _rotated(self, gray: np.ndarray, angle: float, upsample: int) -> Box | None:
         h, w = gray.shape
         centre = (w / 2, h / 2)
         rot = cv2.getRotationMatrix2D(centre, angle, 1.0)
         turned = cv2.warpAffine(gray, rot, (w, h), borderMode=cv2.BORDER_REPLICATE)
-        found = self._detect_gray(turned, upsample)
-        if not found:
+        found = self._best(turned, upsample)
+        if found is None:
             return None
-        _, box, _ = max(found, key=lambda f: f[0])
+        _, box, _ = found
         # Map the box centre back; keep the size (an upright box around a tilted face).
         inv = cv2.invertAffineTransform(rot)
         cx, cy = inv @ np.array([box.cx, box.cy, 1.0])
@@ -210,17 +221,14 @@ class FaceDetector:
             return None  # smaller than dlib's 80-px window: nothing to scan
         part = np.ascontiguousarray(gray[y0:y1, x0:x1])
         if self._filters is not None and self.last_filter is not None:
-            found = self._detect_gray(part, 0, self._filters[self.last_filter])
-            if found:
-                _, box, _ = max(found, key=lambda f: f[0])
-                box = Box(x0 + box.x, y0 + box.y, box.w, box.h)
-                if box.iou(near) > NEAR_OVERLAP:  # the same filter found the same face again
-                    return box
-        found = self._detect_gray(part, 0)
-        if not found:
+            found = self._best(part, 0, self._filters[self.last_filter], (x0, y0))
+            if found is not None and found[1].iou(near) > NEAR_OVERLAP:
+                return found[1]  # the same filter found the same face again
+        found = self._best(part, 0, at=(x0, y0))
+        if found is None:
             return None
-        _, box, self.last_filter = max(found, key=lambda f: f[0])
-        return Box(x0 + box.x, y0 + box.y, box.w, box.h)
+        _, box, self.last_filter = found
+        return box
 
     def detect(
         self, frame_bgr: np.ndarray, full: bool = True, near: Box | None = None
@@ -247,10 +255,10 @@ class FaceDetector:
             attempts += [(bright, a, 0) for a in RETRY_ANGLES if a != self.last_angle]
         for image, angle, upsample in attempts:
             if angle == 0.0:
-                found = self._detect_gray(image, upsample)
+                found = self._best(image, upsample)
                 box = None
-                if found:
-                    _, box, self.last_filter = max(found, key=lambda f: f[0])
+                if found is not None:
+                    _, box, self.last_filter = found
             else:
                 box = self._rotated(image, angle, upsample)
             if box is not None:
