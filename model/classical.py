@@ -10,7 +10,7 @@ import numpy as np
 from scipy import signal
 
 from model.bands import Band
-from model.spectrum import bandpass, power_spectrum, spectral_hr
+from model.spectrum import bandpass, butter_sos, power_spectrum, spectral_hr
 
 # Above this fraction of frames without a valid ROI, interpolating the gaps would invent the
 # signal rather than bridge it, so the window is declared not estimable.
@@ -191,7 +191,7 @@ class PBVN(RGBEstimator):
         cut = min(1.2 * self.band.hi_hz, 0.8 * nyquist)
         if cut <= self.band.hi_hz or len(x) < 32:
             return None  # no spectrum left above the band to learn the noise from
-        sos = signal.butter(4, cut / nyquist, btype="high", output="sos")
+        sos = butter_sos(4, cut, "high", fps)
         high = signal.sosfiltfilt(sos, x, axis=0)
         _, vectors = np.linalg.eigh(np.cov(high.T))
         direction = vectors[:, -1]
