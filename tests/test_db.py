@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, inspect, select
@@ -47,6 +50,21 @@ def _window(rec_id: int, hr: float) -> dict:
         "face_fraction": 1.0,
         "ref_hr_bpm": 140.0,
     }
+
+
+def test_processes_starting_together_on_a_new_database_all_migrate_it(db_url: str) -> None:
+    """Workers brought up at once each upgrade the schema before their first task; on a new
+    database they used to collide ("table ... already exists", a duplicate key in PostgreSQL's
+    catalogue) in 2 to 4 of 4 processes."""
+    code = "import sys; from db.engine import make_engine; from db.migrate import upgrade; "
+    code += "upgrade(make_engine(sys.argv[1]))"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, db_url], stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, "\n".join(errors)
+    assert current_revision(make_engine(db_url)) == head_revision()
 
 
 def test_upsert_keeps_one_row_per_window(db_url: str) -> None:
