@@ -145,7 +145,13 @@ def run(subjects: int, seconds: float) -> dict:
             cmd = ["ip", "netns", "exec", name, "unshare", "--uts", "sh", "-c"]
             cmd.append(f'hostname {name} && exec "$@"')
             stack.enter_context(process([*cmd, "sh", *worker], work / f"{name}.log", cwd=REPO))
-        time.sleep(5)
+        # Both hosts consume before the job is published (Celery logs "<name>@<host> ready."),
+        # so that neither takes it all while the other is still starting.
+        wait_until(
+            lambda: all(" ready." in (work / f"{n}.log").read_text() for n in HOSTS),
+            120,
+            "both workers",
+        )
         subprocess.run(
             [*NBHR, "enqueue", archive, "--db", db, "--broker", first_broker, "--segment-s", "4"],
             check=True,

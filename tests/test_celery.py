@@ -8,7 +8,6 @@ redis-server it starts on a free port.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -129,11 +128,13 @@ def wait_for(cond: Callable[[], object], timeout: float, what: str, logs: Callab
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{logs()}")
 
 
-def wait_first_done(db_url: str, logs: Callable) -> None:
+def wait_first_claim(db_url: str, logs: Callable) -> None:
+    """Until a worker has claimed a first segment: the moment a test breaks something while
+    most of the job still waits in the queue."""
     wait_for(
-        lambda: any(s == "done" for s, _, _ in segment_states(db_url).values()),
+        lambda: any(s != "queued" for s, _, _ in segment_states(db_url).values()),
         60,
-        "a first finished segment",
+        "a first claimed segment",
         logs,
     )
 
@@ -167,6 +168,33 @@ def all_done(db_url: str) -> bool:
     return bool(states) and all(s in ("done", "failed") for s, _, _ in states.values())
 
 
+def wait_ready(workers: Workers, *names: str) -> None:
+    """Until each named worker consumes its queue (Celery logs "<name>@<host> ready.")."""
+    wait_for(
+        lambda: all(" ready." in workers.log(name) for name in names),
+        60,
+        f"workers {', '.join(names)}",
+        lambda: "\n".join(workers.log(name) for name in names),
+    )
+
+
+def kill_mid_segment(db_url: str, sid: int, worker: str) -> bool:
+    """SIGKILL the pool process `worker` (host:pid) while it holds segment `sid`: it is
+    stopped first, so that it cannot finish the segment between the look and the kill, and
+    killed only if the segment is still running in its hands (else let go: False)."""
+    pid = int(worker.rsplit(":", 1)[1])
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except ProcessLookupError:
+        return False
+    state, _, holder = segment_states(db_url)[sid]
+    if state == "running" and holder == worker:
+        os.kill(pid, signal.SIGKILL)
+        return True
+    os.kill(pid, signal.SIGCONT)
+    return False
+
+
 @pytest.fixture(scope="module")
 def local_windows(demo_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> list[tuple]:
     """What `nbhr run` (local pool, SQLite) writes for the same archive and options: the
@@ -183,9 +211,11 @@ def enqueue(archive: Path, db_url: str, broker_url: str, queue: str) -> None:
 def test_two_workers_write_what_the_local_run_writes(
     demo_archive: Path, pg_url: str, broker: str, queue: str, workers: Workers, local_windows
 ) -> None:
-    enqueue(demo_archive, pg_url, broker, queue)
     workers.start("a")
     workers.start("b")
+    # Both consume before the job is published: each is handed a segment (prefetch 1).
+    wait_ready(workers, "a", "b")
+    enqueue(demo_archive, pg_url, broker, queue)
     # While it runs: an ETA once a segment is done and others are left.
     eng = create_engine(pg_url)
 
@@ -218,15 +248,14 @@ def test_sigkill_mid_segment_is_finished_by_another_worker(
 ) -> None:
     enqueue(demo_archive, pg_url, broker, queue)
     workers.start("a")
-    running = wait_for(
-        lambda: [(sid, w) for sid, (s, _, w) in segment_states(pg_url).items() if s == "running"],
-        60,
-        "a running segment",
-        lambda: workers.log("a"),
-    )
-    sid, victim = running[0]
-    pid = int(victim.rsplit(":", 1)[1])
-    os.kill(pid, signal.SIGKILL)  # the pool process, in the middle of the segment
+
+    def killed() -> tuple[int, str] | None:
+        for sid, (state, _, w) in segment_states(pg_url).items():
+            if state == "running" and w is not None and kill_mid_segment(pg_url, sid, w):
+                return sid, w  # the pool process, in the middle of the segment
+        return None
+
+    sid, victim = wait_for(killed, 60, "a segment killed mid-run", lambda: workers.log("a"))
     workers.start("b")
     wait_for(lambda: all_done(pg_url), JOB_TIMEOUT_S, "the job", lambda: workers.log("a"))
     state, attempts, worker = segment_states(pg_url)[sid]
@@ -257,7 +286,8 @@ def test_a_task_delivered_twice_writes_one_set_of_windows(
     subprocess.run([sys.executable, "-c", publish_all], check=True, env={**os.environ, **env})
     r = redis.Redis.from_url(broker)
     wait_for(lambda: r.llen(queue) == 0, 60, "the queue to drain")
-    time.sleep(2)  # the last deliveries finish (they find the segment done)
+    # The last deliveries finish (they find their segment done) and are acknowledged.
+    wait_for(lambda: r.hlen("unacked") == 0, 60, "the last deliveries", lambda: workers.log("a"))
     assert window_keys(pg_url) == local_windows
     assert all(a == 1 for _, a, _ in segment_states(pg_url).values())
 
@@ -318,12 +348,7 @@ def test_redis_restart_loses_messages_and_requeue_recovers_them(
     try:
         w.start("a")
         # Restart the broker as soon as the worker has claimed a segment, while most are queued.
-        wait_for(
-            lambda: any(s != "queued" for s, _, _ in segment_states(pg_url).values()),
-            60,
-            "a first claimed segment",
-            lambda: w.log("a"),
-        )
+        wait_first_claim(pg_url, lambda: w.log("a"))
         pending = [sid for sid, (s, _, _) in segment_states(pg_url).items() if s == "queued"]
         assert pending, "the job ended before the broker could be restarted"
         server.terminate()  # the broker goes away with every queued message
@@ -388,9 +413,13 @@ def test_database_outage_tasks_back_off_and_finish_when_it_returns(
     w = Workers(via_proxy, broker, queue, tmp_path)
     try:
         w.start("a")
-        wait_first_done(pg_url, lambda: w.log("a"))
+        # The database goes away as soon as the worker has claimed a segment, while the
+        # others wait: the worker must reach it again to finish them.
+        wait_first_claim(pg_url, lambda: w.log("a"))
         proxy.kill()  # PostgreSQL is now unreachable for the worker
         proxy.wait()
+        left = [sid for sid, (s, _, _) in segment_states(pg_url).items() if s != "done"]
+        assert left, "the job ended before the database went away"
         down = nbhr("status", "--db", via_proxy, check=False)
         assert down.returncode == 1
         assert down.stderr.startswith("Error: cannot connect to database")
@@ -434,10 +463,8 @@ def test_poisoned_recordings_fail_with_a_reason_and_do_not_block_the_queue(
         # with the worker writing that verdict).
         if state == "running" and worker is not None and len(killed) < 3:
             pid = int(worker.rsplit(":", 1)[1])
-            if pid not in killed:
+            if pid not in killed and kill_mid_segment(pg_url, target, worker):
                 killed.add(pid)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
         time.sleep(0.05)
     assert all_done(pg_url), workers.log("a")
     assert len(killed) == 3
@@ -532,8 +559,10 @@ def test_beat_requeues_lost_messages_and_picks_up_new_recordings(
         start_new_session=True,
     )
     try:
-        wait_first_done(pg_url, lambda: workers.log("a"))
+        wait_first_claim(pg_url, lambda: workers.log("a"))
         redis.Redis.from_url(broker).flushdb()  # every queued message is lost
+        lost = [sid for sid, (s, _, _) in segment_states(pg_url).items() if s == "queued"]
+        assert lost, "the job ended before its messages could be lost"
         wait_for(lambda: all_done(pg_url), JOB_TIMEOUT_S, "the job", lambda: workers.log("a"))
         # A recording appears: beat's next scan plans it with the last job's options.
         new = write_demo_archive(tmp_path / "new", subjects=1, seconds=12.0, seed=21)
