@@ -30,3 +30,18 @@ def test_two_processes_share_the_segments_and_each_reports_its_start_up(
         assert 0 < p["ready_s"] < p["last_end_s"] <= run["wall_s"]
         assert 0 < p["busy_s"] <= p["last_end_s"] - p["ready_s"] + 1e-6
     assert run["children_cpu_s"] > 0
+
+
+def test_bench_counts_the_cpu_of_its_pool_processes(demo_archive: Path) -> None:
+    """nbhr bench's end-to-end entry: a pool's CPU is its processes' (they do the work, the
+    bench's own process waits), so two processes doing one process's work cannot have used
+    less than about as much CPU, and pool_cpu_ratio compares the two."""
+    from nbhr.bench import bench_end_to_end
+
+    out = bench_end_to_end(demo_archive, 2)
+    one, pool = out["one_process"], out["pool"]
+    assert one["video_s"] == pool["video_s"] == 48.0
+    assert pool["workers"] == 2 and one["workers"] == 1
+    assert pool["cpu_s"] > 0.8 * one["cpu_s"] > 0
+    assert out["pool_cpu_ratio"] == pool["cpu_s"] / one["cpu_s"]
+    assert pool["video_s_per_cpu_s"] == pool["video_s"] / pool["cpu_s"]
