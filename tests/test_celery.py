@@ -178,21 +178,22 @@ def wait_ready(workers: Workers, *names: str) -> None:
     )
 
 
-def kill_mid_segment(db_url: str, sid: int, worker: str) -> bool:
+def kill_mid_segment(db_url: str, sid: int, worker: str) -> int | None:
     """SIGKILL the pool process `worker` (host:pid) while it holds segment `sid`: it is
     stopped first, so that it cannot finish the segment between the look and the kill, and
-    killed only if the segment is still running in its hands (else let go: False)."""
+    killed only if the segment is still running in its hands. Returns the pid it killed; None
+    where it let the process go or the process had already ended."""
     pid = int(worker.rsplit(":", 1)[1])
     try:
         os.kill(pid, signal.SIGSTOP)
     except ProcessLookupError:
-        return False
+        return None
     state, _, holder = segment_states(db_url)[sid]
     if state == "running" and holder == worker:
         os.kill(pid, signal.SIGKILL)
-        return True
+        return pid
     os.kill(pid, signal.SIGCONT)
-    return False
+    return None
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +252,9 @@ def test_sigkill_mid_segment_is_finished_by_another_worker(
 
     def killed() -> tuple[int, str] | None:
         for sid, (state, _, w) in segment_states(pg_url).items():
-            if state == "running" and w is not None and kill_mid_segment(pg_url, sid, w):
+            if state != "running" or w is None:
+                continue
+            if kill_mid_segment(pg_url, sid, w) is not None:
                 return sid, w  # the pool process, in the middle of the segment
         return None
 
@@ -462,8 +465,9 @@ def test_poisoned_recordings_fail_with_a_reason_and_do_not_block_the_queue(
         # Three kills; the fourth claim must give up on its own (killing it too would race
         # with the worker writing that verdict).
         if state == "running" and worker is not None and len(killed) < 3:
-            pid = int(worker.rsplit(":", 1)[1])
-            if pid not in killed and kill_mid_segment(pg_url, target, worker):
+            # A pid already killed no longer answers, so each kill is of a new process.
+            pid = kill_mid_segment(pg_url, target, worker)
+            if pid is not None:
                 killed.add(pid)
         time.sleep(0.05)
     assert all_done(pg_url), workers.log("a")
