@@ -1571,6 +1571,11 @@ def bench(directory: Path | None, workers: int, model: Path | None, as_json: boo
     if as_json:
         click.echo(json.dumps(result, indent=1))
         return
+    echo_bench(result)
+
+
+def echo_bench(result: dict[str, Any]) -> None:
+    """`nbhr bench`'s result (run_bench) as text, one stage a line."""
     d, f, e2e = result["decode"], result["faces"], result["end_to_end"]
     click.echo(
         f"decode        {d['frames_per_cpu_s']:.0f} frames per CPU s "
@@ -1625,9 +1630,17 @@ def bench(directory: Path | None, workers: int, model: Path | None, as_json: boo
         click.echo(
             f"nbhrnet e2e   {one['video_s_per_wall_s']:.2f} video s per wall s on 1 process x 1 "
             f"thread, {pool['video_s_per_wall_s']:.2f} on {pool['workers']} x 1 "
-            f"({e2e['pool_speedup']:.2f}x), {wide['video_s_per_wall_s']:.2f} on 1 x "
-            f"{wide['threads']}"
+            f"({e2e['pool_speedup']:.2f}x; rounds "
+            f"{', '.join(f'{r:.2f}x' for r in e2e.get('pool_speedup_rounds', []))}), "
+            f"{wide['video_s_per_wall_s']:.2f} on 1 x {wide['threads']}"
         )
+        alone = e2e.get("inference_alone")
+        if alone:
+            click.echo(
+                f"nbhrnet alone {alone['speedup']:.2f}x on {alone['pool']['workers']} processes "
+                f"at once against 1 (no decoding, no start-up), {alone['cpu_ratio']:.3f}x the "
+                "CPU per window"
+            )
         precision = net.get("precision", {})
         for key in ("whole_graph_fp32", "encoder_fp32_and_head", "encoder_int8_and_head"):
             if key in precision:

@@ -33,11 +33,14 @@ def run_segments(
     workers: int = 1,
     model_threads: int = 1,
     archive_roots: list[str] | None = None,
+    spawn: bool = False,
 ) -> Iterator[SegmentOutcome]:
-    """Run segments on `workers` processes (in this process when workers == 1), each with
-    `model_threads` onnxruntime threads for NBHRnet and reading only under `archive_roots`
-    (None: anywhere), yielding each outcome as it finishes."""
-    if workers <= 1:
+    """Run segments on `workers` processes (in this process when workers == 1, unless
+    `spawn`), each with `model_threads` onnxruntime threads for NBHRnet and reading only under
+    `archive_roots` (None: anywhere), yielding each outcome as it finishes. spawn: run even one
+    worker in a fresh process, which pays the start-up (imports, onnxruntime sessions, the
+    face detector) that a pool's processes pay, as `nbhr bench` compares them."""
+    if workers <= 1 and not spawn:
         _init(db_url, model_threads, archive_roots)
         for sid in segment_ids:
             yield _run(sid)
@@ -45,7 +48,10 @@ def run_segments(
     # spawn, not fork: a forked child would inherit the parent's open database connections.
     ctx = mp.get_context("spawn")
     with ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init, initargs=(db_url, model_threads, archive_roots)
+        max(workers, 1),
+        mp_context=ctx,
+        initializer=_init,
+        initargs=(db_url, model_threads, archive_roots),
     ) as pool:
         futures = [pool.submit(_run, sid) for sid in segment_ids]
         try:
