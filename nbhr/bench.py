@@ -604,8 +604,7 @@ def bench_pos_per_core(archive: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for label, width in (("full_decode", None), ("reduced_decode", DETECT_WIDTH)):
         opts = ProcessingOptions(estimators=("pos",), decode_min_width=width)
-        one = (("one_process", 1, 1),)
-        entry = bench_end_to_end(archive, 1, opts, one)["one_process"]
+        entry = bench_end_to_end(archive, 1, opts, (("one_process", 1, 1),))["one_process"]
         out[label] = {k: entry[k] for k in ("video_s", "cpu_s", "video_s_per_cpu_s")}
     out["speedup"] = (
         out["reduced_decode"]["video_s_per_cpu_s"] / out["full_decode"]["video_s_per_cpu_s"]
