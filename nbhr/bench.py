@@ -506,20 +506,11 @@ def bench_end_to_end(
                 engine.dispose()
             video_s = sum(o.video_s for o in done)
             cpu = c.cpu + c.children_cpu
-            walls = out.get(label, {}).get("wall_s_rounds", []) + [c.wall]
-            if label in out and out[label]["wall_s"] <= c.wall:
-                out[label]["wall_s_rounds"] = walls
-                continue
-            out[label] = {
-                "workers": n,
-                "threads": threads,
-                "video_s": video_s,
-                "wall_s": c.wall,
-                "video_s_per_wall_s": video_s / c.wall,
-                "cpu_s": cpu,
-                "video_s_per_cpu_s": video_s / cpu,
-                "wall_s_rounds": walls,
-            }
+            entry = {"workers": n, "threads": threads, "video_s": video_s, "wall_s": c.wall}
+            entry["video_s_per_wall_s"] = video_s / c.wall
+            entry["cpu_s"] = cpu
+            entry["video_s_per_cpu_s"] = video_s / cpu
+            _keep_fastest(out, label, entry)
     out["estimators"] = list(opts.estimators)
     if "one_process" in out and "pool" in out:
         out["pool_speedup"] = (
@@ -531,15 +522,24 @@ def bench_end_to_end(
     return out
 
 
+def _keep_fastest(out: dict[str, Any], label: str, entry: dict[str, Any]) -> None:
+    """Record one round's `entry` of a layout: out[label] becomes the fastest round's entry
+    (lowest wall_s), with every round's wall time in `wall_s_rounds`."""
+    walls = out.get(label, {}).get("wall_s_rounds", []) + [entry["wall_s"]]
+    if label not in out or entry["wall_s"] < out[label]["wall_s"]:
+        out[label] = entry
+    out[label]["wall_s_rounds"] = walls
+
+
 def _inference_loop(
-    model: str, frames: np.ndarray, windows: int, barrier: Any, results: Any
+    opts: ProcessingOptions, frames: np.ndarray, windows: int, barrier: Any, results: Any
 ) -> None:
     """One process of bench_inference_processes: NBHRnet's encoder and head as `nbhr run`
-    runs them, on one window of `frames`, `windows` times once every process is ready."""
+    runs them with `opts`, on one window of `frames`, `windows` times once every process is
+    ready."""
     from worker.process import nbhrnet_runner
 
     init_process(1)
-    opts = nbhrnet_run_options(Path(model))
     runner = nbhrnet_runner(
         opts.model_path, opts.model_sha256, opts.nbhrnet_precision, opts.model_int8_sha256
     )
@@ -552,10 +552,11 @@ def _inference_loop(
 
 
 def bench_inference_processes(
-    model: Path, frames: np.ndarray, workers: int, windows: int = 40, rounds: int = 2
+    opts: ProcessingOptions, frames: np.ndarray, workers: int, windows: int = 40, rounds: int = 2
 ) -> dict[str, Any]:
     """What `workers` processes at once gain on this machine for NBHRnet's inference alone, the
-    bulk of `--estimator nbhrnet`'s CPU: `windows` windows of `frames` (60 normalised face
+    bulk of `--estimator nbhrnet`'s CPU, with the model and precision of `opts`
+    (nbhrnet_run_options): `windows` windows of `frames` (60 normalised face
     crops) in one process, then as many in each of `workers` processes at once, each started,
     warmed up and released together, so that neither start-up nor decoding counts; `rounds`
     times in turn, keeping each side's fastest (as bench_end_to_end). speedup: workers x one
@@ -568,7 +569,7 @@ def bench_inference_processes(
     for _ in range(rounds):
         for label, n in (("one_process", 1), ("pool", workers)):
             barrier, results = ctx.Barrier(n), ctx.Queue()
-            args = (str(model), frames, windows, barrier, results)
+            args = (opts, frames, windows, barrier, results)
             procs = [ctx.Process(target=_inference_loop, args=args) for _ in range(n)]
             for p in procs:
                 p.start()
@@ -586,11 +587,8 @@ def bench_inference_processes(
                         ) from None
             for p in procs:
                 p.join()
-            wall = max(w for w, _ in got)
-            walls = out.get(label, {}).get("wall_s_rounds", []) + [wall]
-            if label not in out or wall < out[label]["wall_s"]:
-                out[label] = {"workers": n, "wall_s": wall, "cpu_s": sum(c for _, c in got)}
-            out[label]["wall_s_rounds"] = walls
+            wall, cpu = max(w for w, _ in got), sum(c for _, c in got)
+            _keep_fastest(out, label, {"workers": n, "wall_s": wall, "cpu_s": cpu})
     one, pool = out["one_process"], out["pool"]
     out["speedup"] = workers * one["wall_s"] / pool["wall_s"]
     out["cpu_ratio"] = pool["cpu_s"] / (workers * one["cpu_s"])
@@ -742,7 +740,7 @@ def run_bench(archive: Path | None, workers: int, model: Path | None = None) -> 
                 archive, workers, opts, layouts, spawn=True, rounds=2
             )
             result["nbhrnet"]["end_to_end"]["inference_alone"] = bench_inference_processes(
-                model, frames[:60], workers
+                opts, frames[:60], workers
             )
             widths = {v: crop_decode_width(v, 0, DETECT_WIDTH) for v in with_face}
             result["nbhrnet"]["tracking"] = bench_tracking(with_face, widths)

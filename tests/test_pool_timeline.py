@@ -104,11 +104,10 @@ def test_bench_times_inference_alone_in_processes_released_together(
     face_videos: list[Path],
 ) -> None:
     from model.nbhrnet import BUNDLED_MODEL
-    from nbhr.bench import bench_inference_processes, face_frames
+    from nbhr.bench import bench_inference_processes, face_frames, nbhrnet_run_options
 
-    out = bench_inference_processes(
-        BUNDLED_MODEL, face_frames(face_videos[:1], 60), 2, windows=2, rounds=1
-    )
+    opts = nbhrnet_run_options(BUNDLED_MODEL)
+    out = bench_inference_processes(opts, face_frames(face_videos[:1], 60), 2, windows=2, rounds=1)
     one, pool = out["one_process"], out["pool"]
     assert (one["workers"], pool["workers"], out["windows_per_process"]) == (1, 2, 2)
     # Each process clocks only its own windows, after the warm-up: two did twice the work.
@@ -123,7 +122,10 @@ def test_bench_reports_an_inference_process_that_dies(tmp_path: Path) -> None:
     import numpy as np
 
     from nbhr.bench import bench_inference_processes
+    from worker.options import ProcessingOptions
 
+    missing = str(tmp_path / "missing.onnx")
+    opts = ProcessingOptions(estimators=("nbhrnet",), model_path=missing, model_sha256="0" * 64)
     frames = np.zeros((60, 3, 128, 128), np.float32)
     with pytest.raises(RuntimeError, match="exited with code 1"):
-        bench_inference_processes(tmp_path / "missing.onnx", frames, 2, windows=1, rounds=1)
+        bench_inference_processes(opts, frames, 2, windows=1, rounds=1)
