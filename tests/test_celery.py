@@ -182,17 +182,19 @@ def kill_mid_segment(db_url: str, sid: int, worker: str) -> int | None:
     """SIGKILL the pool process `worker` (host:pid) while it holds segment `sid`: it is
     stopped first, so that it cannot finish the segment between the look and the kill, and
     killed only if the segment is still running in its hands. Returns the pid it killed; None
-    where it let the process go or the process had already ended."""
+    where it let the process go or the process had already ended. A process killed before
+    still takes signals as a zombie until its parent reaps it, which can happen between any
+    two of these calls: then there is nothing left to kill."""
     pid = int(worker.rsplit(":", 1)[1])
     try:
         os.kill(pid, signal.SIGSTOP)
+        state, _, holder = segment_states(db_url)[sid]
+        if state == "running" and holder == worker:
+            os.kill(pid, signal.SIGKILL)
+            return pid
+        os.kill(pid, signal.SIGCONT)
     except ProcessLookupError:
-        return None
-    state, _, holder = segment_states(db_url)[sid]
-    if state == "running" and holder == worker:
-        os.kill(pid, signal.SIGKILL)
-        return pid
-    os.kill(pid, signal.SIGCONT)
+        pass
     return None
 
 
@@ -465,7 +467,8 @@ def test_poisoned_recordings_fail_with_a_reason_and_do_not_block_the_queue(
         # Three kills; the fourth claim must give up on its own (killing it too would race
         # with the worker writing that verdict).
         if state == "running" and worker is not None and len(killed) < 3:
-            # A pid already killed no longer answers, so each kill is of a new process.
+            # The set counts each process once: one killed before can still take the signal
+            # as a zombie until Celery reaps it.
             pid = kill_mid_segment(pg_url, target, worker)
             if pid is not None:
                 killed.add(pid)
