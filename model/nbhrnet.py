@@ -62,6 +62,15 @@ FEATURE_SIZE = 256
 # training.nbhrnet.conv_flops_per_frame counts (a test keeps the two equal), here without torch.
 CONV_FLOPS_PER_FRAME = 481_296_384
 
+# Frames per onnxruntime call of the per-frame encoder (NBHRNetRunner.encode_frames). Each
+# call's activations (about 11 MB a frame at int8) pass through the caches: one frame's fit
+# in the shared L3 cache beside another process's, four frames' do not. On the AMD Zen 5
+# machine (2026-12-01, docs/performance.md), 60-frame blocks of int8 encoding took 0.91-0.97
+# CPU ms a frame at 1 frame a call against 0.92-1.08 at 4 in one process, and 0.94-0.98
+# against 1.03-1.10 with two processes encoding at once; the features are the same bits at
+# any batch. `nbhr bench` compares the two (`nbhrnet.encoder_batch`).
+ENCODER_BATCH = 1
+
 # Below this standard deviation (in 0-255 levels) a colour channel is flat over the whole window:
 # it is mapped to zeros instead of dividing its sensor noise up to unit variance.
 MIN_CHANNEL_STD = 1e-3
@@ -261,14 +270,14 @@ class NBHRNetRunner:
             )
         return self._halves
 
-    def encode_frames(self, frames: np.ndarray, batch_size: int = 4) -> np.ndarray:
+    def encode_frames(self, frames: np.ndarray, batch_size: int = ENCODER_BATCH) -> np.ndarray:
         """CNN features of each frame: float32 (n, 3, H, W), normalised (normalise_window or
         normalise_blocks) -> float32 (n, 256). batch_size frames per call bound the memory:
         onnxruntime keeps the largest batch's activations, about 9 MB a frame at fp32 and 11 MB
         at int8 (measured peak RSS of a process that encodes: 193 MB at batch 4, 409 MB at 30,
-        fp32), while larger batches run no faster on the CPU. The runner's precision picks the
-        fp32 encoder or its int8 quantisation. Raises ValueError without the companions that
-        needs."""
+        fp32), while larger batches run no faster on the CPU (ENCODER_BATCH). The runner's
+        precision picks the fp32 encoder or its int8 quantisation. Raises ValueError without
+        the companions that needs."""
         encoder, _ = self.require_framewise()
         if self.precision == "int8":
             encoder = self._int8_encoder()

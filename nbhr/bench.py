@@ -25,6 +25,7 @@ from db.engine import make_engine, session_scope
 from db.migrate import upgrade
 from model.bands import Band
 from model.classical import ESTIMATORS, make_estimator
+from model.nbhrnet import ENCODER_BATCH
 from scheduler.discover import find_videos, load_manifest, register_archive
 from scheduler.local import run_segments
 from scheduler.plan import plan_job
@@ -446,15 +447,23 @@ def bench_pipeline_overhead(
 
 
 def _with_floor(overhead: dict[str, Any], tracking: dict[str, Any]) -> dict[str, Any]:
-    """`overhead` (bench_pipeline_overhead) with the lowest ratio any pipeline could reach on
-    these files: the same inference plus only the entropy decoding that
-    `tracking["ms_per_frame_entropy_floor"]` measured (MJPEG; nothing added otherwise)."""
-    floor = tracking.get("ms_per_frame_entropy_floor")
-    if floor is None:
-        return overhead
+    """`overhead` (bench_pipeline_overhead) with two ratios that place it, both the same
+    inference plus one cost per frame that bench_tracking measured on the same files:
+    `ratio_tracking`, plus decoding, tracking and cropping as the pipeline does them
+    (`tracking["ms_per_frame_parts"]`: all but normalising, the head, the beats and storing);
+    and `ratio_floor_entropy`, the lowest ratio any pipeline could reach, plus only the
+    entropy decoding that `tracking["ms_per_frame_entropy_floor"]` measured (MJPEG; not added
+    for other files)."""
     frames = overhead["video_s"] * 30  # the bench's archives are 30 fps
     inference = overhead["inference_cpu_s"]
-    return {**overhead, "ratio_floor_entropy": (inference + floor * frames / 1000) / inference}
+    out = dict(overhead)
+    for key, ms in (
+        ("ratio_tracking", tracking.get("ms_per_frame_parts")),
+        ("ratio_floor_entropy", tracking.get("ms_per_frame_entropy_floor")),
+    ):
+        if ms is not None:
+            out[key] = (inference + ms * frames / 1000) / inference
+    return out
 
 
 def plan_fresh(url: str, archive: Path, opts: ProcessingOptions) -> tuple[Any, list[int]]:
@@ -532,27 +541,37 @@ def _keep_fastest(out: dict[str, Any], label: str, entry: dict[str, Any]) -> Non
 
 
 def _inference_loop(
-    opts: ProcessingOptions, frames: np.ndarray, windows: int, barrier: Any, results: Any
+    opts: ProcessingOptions,
+    frames: np.ndarray,
+    windows: int,
+    batch: int,
+    barrier: Any,
+    results: Any,
 ) -> None:
-    """One process of bench_inference_processes: NBHRnet's encoder and head as `nbhr run`
-    runs them with `opts`, on one window of `frames`, `windows` times once every process is
-    ready."""
+    """One process of bench_inference_processes: NBHRnet's encoder (`batch` frames a call)
+    and head as `nbhr run` runs them with `opts`, on one window of `frames`, `windows` times
+    once every process is ready."""
     from worker.process import nbhrnet_runner
 
     init_process(1)
     runner = nbhrnet_runner(
         opts.model_path, opts.model_sha256, opts.nbhrnet_precision, opts.model_int8_sha256
     )
-    runner.run_head(runner.encode_frames(frames)[None])  # warm-up: sessions, first run
+    runner.run_head(runner.encode_frames(frames, batch)[None])  # warm-up: sessions, first run
     barrier.wait()
     wall0, cpu0 = time.perf_counter(), time.process_time()
     for _ in range(windows):
-        runner.run_head(runner.encode_frames(frames)[None])
+        runner.run_head(runner.encode_frames(frames, batch)[None])
     results.put((time.perf_counter() - wall0, time.process_time() - cpu0))
 
 
 def bench_inference_processes(
-    opts: ProcessingOptions, frames: np.ndarray, workers: int, windows: int = 40, rounds: int = 2
+    opts: ProcessingOptions,
+    frames: np.ndarray,
+    workers: int,
+    windows: int = 40,
+    rounds: int = 2,
+    batch: int = ENCODER_BATCH,
 ) -> dict[str, Any]:
     """What `workers` processes at once gain on this machine for NBHRnet's inference alone, the
     bulk of `--estimator nbhrnet`'s CPU, with the model and precision of `opts`
@@ -563,13 +582,14 @@ def bench_inference_processes(
     process's wall time over the slowest of the pool's; cpu_ratio: the pool's CPU per window
     against one process's. What the cores give compute that runs side by side (shared caches
     and memory bandwidth, the clock, the host's other guests) bounds the pipeline's
-    pool_speedup from above."""
+    pool_speedup from above. batch: frames per encoder call (ENCODER_BATCH, as `nbhr run`);
+    also in the result, with each side's CPU ms per frame."""
     ctx = mp.get_context("spawn")
-    out: dict[str, Any] = {"windows_per_process": windows}
+    out: dict[str, Any] = {"windows_per_process": windows, "encoder_batch": batch}
     for _ in range(rounds):
         for label, n in (("one_process", 1), ("pool", workers)):
             barrier, results = ctx.Barrier(n), ctx.Queue()
-            args = (opts, frames, windows, barrier, results)
+            args = (opts, frames, windows, batch, barrier, results)
             procs = [ctx.Process(target=_inference_loop, args=args) for _ in range(n)]
             for p in procs:
                 p.start()
@@ -592,6 +612,35 @@ def bench_inference_processes(
     one, pool = out["one_process"], out["pool"]
     out["speedup"] = workers * one["wall_s"] / pool["wall_s"]
     out["cpu_ratio"] = pool["cpu_s"] / (workers * one["cpu_s"])
+    frames_done = windows * len(frames)
+    out["cpu_ms_per_frame_one_process"] = 1000 * one["cpu_s"] / frames_done
+    out["cpu_ms_per_frame_pool"] = 1000 * pool["cpu_s"] / (workers * frames_done)
+    return out
+
+
+# Frames per encoder call that the bench compares (model.nbhrnet.ENCODER_BATCH is the first).
+ENCODER_BATCHES = (ENCODER_BATCH, 4)
+
+
+def bench_encoder_batches(
+    opts: ProcessingOptions, frames: np.ndarray, workers: int, alone: dict[str, Any]
+) -> dict[str, Any]:
+    """NBHRnet inference alone (bench_inference_processes) at each of ENCODER_BATCHES frames per
+    encoder call, in one process and in `workers` at once: the measurement behind
+    ENCODER_BATCH. `alone`: bench_inference_processes' result at ENCODER_BATCH, already
+    measured (not run again); the others run as many windows and rounds."""
+    windows, rounds = alone["windows_per_process"], len(alone["one_process"]["wall_s_rounds"])
+    out = {}
+    for batch in ENCODER_BATCHES:
+        got = (
+            alone
+            if batch == ENCODER_BATCH
+            else bench_inference_processes(opts, frames, workers, windows, rounds, batch)
+        )
+        out[f"frames_{batch}"] = {
+            key: got[key]
+            for key in ("cpu_ms_per_frame_one_process", "cpu_ms_per_frame_pool", "speedup")
+        }
     return out
 
 
@@ -739,8 +788,10 @@ def run_bench(archive: Path | None, workers: int, model: Path | None = None) -> 
             result["nbhrnet"]["end_to_end"] = bench_end_to_end(
                 archive, workers, opts, layouts, spawn=True, rounds=2
             )
-            result["nbhrnet"]["end_to_end"]["inference_alone"] = bench_inference_processes(
-                opts, frames[:60], workers
+            alone = bench_inference_processes(opts, frames[:60], workers)
+            result["nbhrnet"]["end_to_end"]["inference_alone"] = alone
+            result["nbhrnet"]["encoder_batch"] = bench_encoder_batches(
+                opts, frames[:60], workers, alone
             )
             widths = {v: crop_decode_width(v, 0, DETECT_WIDTH) for v in with_face}
             result["nbhrnet"]["tracking"] = bench_tracking(with_face, widths)

@@ -1574,6 +1574,20 @@ def bench(directory: Path | None, workers: int, model: Path | None, as_json: boo
     echo_bench(result)
 
 
+def _placed(overhead: dict[str, Any]) -> str:
+    """What decoding, tracking and cropping alone would make of the pipeline's ratio, and the
+    entropy floor's, where the bench measured them (nbhr.bench._with_floor)."""
+    parts = [
+        f"{label} {overhead[key]:.2f}x"
+        for key, label in (
+            ("ratio_tracking", "decode+track+crop alone"),
+            ("ratio_floor_entropy", "entropy floor"),
+        )
+        if key in overhead
+    ]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def echo_bench(result: dict[str, Any]) -> None:
     """`nbhr bench`'s result (run_bench) as text, one stage a line."""
     d, f, e2e = result["decode"], result["faces"], result["end_to_end"]
@@ -1615,7 +1629,8 @@ def echo_bench(result: dict[str, Any]) -> None:
                 f"{track['ms_per_frame_parts']:.2f} in parts"
             )
         if "pipeline_overhead" in fmt:
-            line += f"; nbhrnet pipeline {fmt['pipeline_overhead']['ratio']:.2f}x inference"
+            overhead = fmt["pipeline_overhead"]
+            line += f"; nbhrnet pipeline {overhead['ratio']:.2f}x inference" + _placed(overhead)
         click.echo(line)
     net = result.get("nbhrnet")
     if net:
@@ -1640,6 +1655,12 @@ def echo_bench(result: dict[str, Any]) -> None:
                 f"nbhrnet alone {alone['speedup']:.2f}x on {alone['pool']['workers']} processes "
                 f"at once against 1 (no decoding, no start-up), {alone['cpu_ratio']:.3f}x the "
                 "CPU per window"
+            )
+        for key, batch in net.get("encoder_batch", {}).items():
+            click.echo(
+                f"nbhrnet encoder {key.replace('_', ' ')} a call: "
+                f"{batch['cpu_ms_per_frame_one_process']:.3f} CPU ms a frame in 1 process, "
+                f"{batch['cpu_ms_per_frame_pool']:.3f} with 2 at once ({batch['speedup']:.2f}x)"
             )
         precision = net.get("precision", {})
         for key in ("whole_graph_fp32", "encoder_fp32_and_head", "encoder_int8_and_head"):
@@ -1668,4 +1689,5 @@ def echo_bench(result: dict[str, Any]) -> None:
             click.echo(
                 f"nbhrnet pipeline {overhead['ratio']:.2f}x the CPU time inside onnxruntime "
                 f"({overhead['end_to_end_cpu_s']:.1f} against {overhead['inference_cpu_s']:.1f} s)"
+                + _placed(overhead)
             )

@@ -157,11 +157,18 @@ def test_the_entropy_floor_bounds_the_pipeline_ratio(decode_part, face_videos, t
             writer.write(frame)
     assert bench_entropy_floor([raw], None, {raw: {}}) is None
     overhead = {"video_s": 10.0, "inference_cpu_s": 0.6, "ratio": 1.4}
-    got = _with_floor(overhead, {"ms_per_frame_entropy_floor": 0.5})
-    # 300 frames at 0.5 ms: 0.15 s on top of 0.6 s of inference.
+    got = _with_floor(overhead, {"ms_per_frame_entropy_floor": 0.5, "ms_per_frame_parts": 1.2})
+    # 300 frames at 0.5 ms: 0.15 s on top of 0.6 s of inference; at 1.2 ms, 0.36 s.
     assert got["ratio_floor_entropy"] == pytest.approx(1.25)
+    assert got["ratio_tracking"] == pytest.approx(1.6)
     assert got["ratio"] == 1.4
-    assert _with_floor(overhead, {"ms_per_frame_whole": 1.0}) == overhead  # not MJPEG
+    raw = _with_floor(overhead, {"ms_per_frame_whole": 1.0, "ms_per_frame_parts": 0.3})
+    assert raw == overhead | {"ratio_tracking": pytest.approx(1.15)}  # no floor: not MJPEG
+    # `nbhr bench` without --json prints them beside the ratio.
+    from nbhr.cli import _placed
+
+    assert _placed(got) == " (decode+track+crop alone 1.60x, entropy floor 1.25x)"
+    assert _placed(overhead) == ""
 
 
 def test_frames_without_a_face_are_not_decoded_in_parts(decode_part, demo) -> None:

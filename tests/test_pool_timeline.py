@@ -103,17 +103,32 @@ def test_one_worker_spawned_runs_in_a_process_of_its_own(
 def test_bench_times_inference_alone_in_processes_released_together(
     face_videos: list[Path],
 ) -> None:
-    from model.nbhrnet import BUNDLED_MODEL
-    from nbhr.bench import bench_inference_processes, face_frames, nbhrnet_run_options
+    from model.nbhrnet import BUNDLED_MODEL, ENCODER_BATCH
+    from nbhr.bench import (
+        ENCODER_BATCHES,
+        bench_encoder_batches,
+        bench_inference_processes,
+        face_frames,
+        nbhrnet_run_options,
+    )
 
     opts = nbhrnet_run_options(BUNDLED_MODEL)
-    out = bench_inference_processes(opts, face_frames(face_videos[:1], 60), 2, windows=2, rounds=1)
+    frames = face_frames(face_videos[:1], 60)
+    out = bench_inference_processes(opts, frames, 2, windows=2, rounds=1)
     one, pool = out["one_process"], out["pool"]
     assert (one["workers"], pool["workers"], out["windows_per_process"]) == (1, 2, 2)
     # Each process clocks only its own windows, after the warm-up: two did twice the work.
     assert pool["cpu_s"] > one["cpu_s"] > 0
     assert out["speedup"] == 2 * one["wall_s"] / pool["wall_s"]
     assert out["cpu_ratio"] == pool["cpu_s"] / (2 * one["cpu_s"])
+    assert out["encoder_batch"] == ENCODER_BATCH
+    assert out["cpu_ms_per_frame_pool"] == 1000 * pool["cpu_s"] / (2 * 2 * 60)
+    # The batch comparison keeps this run for ENCODER_BATCH and measures the others.
+    batches = bench_encoder_batches(opts, frames, 2, out)
+    assert list(batches) == [f"frames_{b}" for b in ENCODER_BATCHES]
+    assert batches[f"frames_{ENCODER_BATCH}"]["speedup"] == out["speedup"]
+    other = batches[f"frames_{ENCODER_BATCHES[1]}"]
+    assert other["cpu_ms_per_frame_pool"] > 0 and other["cpu_ms_per_frame_one_process"] > 0
 
 
 def test_bench_reports_an_inference_process_that_dies(tmp_path: Path) -> None:
