@@ -1658,9 +1658,10 @@ def echo_bench(result: dict[str, Any]) -> None:
             )
         for key, batch in net.get("encoder_batch", {}).items():
             click.echo(
-                f"nbhrnet encoder {key.replace('_', ' ')} a call: "
+                f"nbhrnet encoder at {key.removeprefix('frames_')} frames a call: "
                 f"{batch['cpu_ms_per_frame_one_process']:.3f} CPU ms a frame in 1 process, "
-                f"{batch['cpu_ms_per_frame_pool']:.3f} with 2 at once ({batch['speedup']:.2f}x)"
+                f"{batch['cpu_ms_per_frame_pool']:.3f} in each of the pool's at once "
+                f"({batch['speedup']:.2f}x)"
             )
         precision = net.get("precision", {})
         for key in ("whole_graph_fp32", "encoder_fp32_and_head", "encoder_int8_and_head"):
