@@ -1,4 +1,5 @@
-"""Helpers for tests: run the real `nbhr` console script and read its JSON."""
+"""Helpers for tests: run the real `nbhr` console script and read its JSON; read what a run
+left in its database."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import create_engine, select
+
+from db.models import Segment, SegmentState, Window
 
 NBHR = [sys.executable, "-m", "nbhr"]
 
@@ -45,3 +50,28 @@ def copy_bundled_model(folder: Path) -> Path:
     for path in (BUNDLED_MODEL, *companion_paths(BUNDLED_MODEL)):
         shutil.copy(path, folder / path.name)
     return folder / BUNDLED_MODEL.name
+
+
+def segment_states(db_url: str) -> dict[int, tuple[str, int, str | None]]:
+    """segment id -> (state, attempts, worker)."""
+    eng = create_engine(db_url)
+    try:
+        with eng.connect() as conn:
+            rows = conn.execute(select(Segment.id, Segment.state, Segment.attempts, Segment.worker))
+            return {r.id: (SegmentState(r.state).value, r.attempts, r.worker) for r in rows}
+    finally:
+        eng.dispose()
+
+
+def window_keys(db_url: str) -> list[tuple]:
+    """Every window's (recording id, estimator, start, HR), sorted."""
+    eng = create_engine(db_url)
+    try:
+        with eng.connect() as conn:
+            return sorted(
+                conn.execute(
+                    select(Window.recording_id, Window.estimator, Window.t_start, Window.hr_bpm)
+                ).all()
+            )
+    finally:
+        eng.dispose()

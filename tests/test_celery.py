@@ -27,9 +27,9 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from db import queries
-from db.models import Recording, Segment, SegmentState, Window
+from db.models import Recording, Segment, Window
 from tests.conftest import IN_CI
-from tests.helpers import NBHR, nbhr, nbhr_json
+from tests.helpers import NBHR, nbhr, nbhr_json, segment_states, window_keys
 
 REDIS_URL = os.environ.get("NBHR_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 # Short leases so that a killed worker's segment is free again within seconds.
@@ -137,30 +137,6 @@ def wait_first_claim(db_url: str, logs: Callable) -> None:
         "a first claimed segment",
         logs,
     )
-
-
-def segment_states(db_url: str) -> dict[int, tuple[str, int, str | None]]:
-    """segment id -> (state, attempts, worker)."""
-    eng = create_engine(db_url)
-    try:
-        with eng.connect() as conn:
-            rows = conn.execute(select(Segment.id, Segment.state, Segment.attempts, Segment.worker))
-            return {r.id: (SegmentState(r.state).value, r.attempts, r.worker) for r in rows}
-    finally:
-        eng.dispose()
-
-
-def window_keys(db_url: str) -> list[tuple]:
-    eng = create_engine(db_url)
-    try:
-        with eng.connect() as conn:
-            return sorted(
-                conn.execute(
-                    select(Window.recording_id, Window.estimator, Window.t_start, Window.hr_bpm)
-                ).all()
-            )
-    finally:
-        eng.dispose()
 
 
 def all_done(db_url: str) -> bool:

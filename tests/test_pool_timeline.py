@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import segment_states, window_keys
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "pool_timeline.py"
 
 
@@ -57,24 +59,6 @@ def test_bench_counts_the_cpu_of_its_pool_processes(demo_archive: Path) -> None:
     assert pool["video_s_per_cpu_s"] == pool["video_s"] / pool["cpu_s"]
 
 
-def _windows_and_holders(url: str) -> tuple[list[tuple], set[str]]:
-    from sqlalchemy import select
-
-    from db.engine import make_engine, session_scope
-    from db.models import Segment, Window
-
-    engine = make_engine(url)
-    with session_scope(engine) as s:
-        rows = s.execute(
-            select(Window.recording_id, Window.t_start, Window.estimator, Window.hr_bpm).order_by(
-                Window.recording_id, Window.t_start, Window.estimator
-            )
-        ).all()
-        holders = set(s.scalars(select(Segment.worker)))
-    engine.dispose()
-    return [tuple(r) for r in rows], holders
-
-
 def test_one_worker_spawned_runs_in_a_process_of_its_own(
     demo_archive: Path, tmp_path: Path
 ) -> None:
@@ -92,7 +76,8 @@ def test_one_worker_spawned_runs_in_a_process_of_its_own(
         done = list(run_segments(url, segment_ids, 1, spawn=spawn))
         assert sorted(o.segment_id for o in done) == sorted(segment_ids)
         assert {o.state for o in done} == {"done"}
-        results[spawn] = _windows_and_holders(url)
+        holders = {worker for _, _, worker in segment_states(url).values()}
+        results[spawn] = window_keys(url), holders
     here = f"{socket.gethostname()}:{os.getpid()}"
     assert results[False][1] == {here}
     (holder,) = results[True][1]
