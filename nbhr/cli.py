@@ -218,7 +218,6 @@ def _options_from_cli(
     decode: str = "full",
 ):
     from model.bands import Band
-    from model.classical import ESTIMATORS
     from model.nbhrnet import NBHRNetRunner
     from worker.faces import Box
     from worker.options import CLASSICAL, NBHRNET, NBHRNET_WINDOW_S, ProcessingOptions
@@ -228,11 +227,13 @@ def _options_from_cli(
         band = Band.parse(hr_range) if hr_range else Band.for_population(population)
         if roi not in ("face", "full"):
             Box.parse(roi)
-        unknown = [e for e in estimators if e not in ESTIMATORS and e != NBHRNET]
+        # CLASSICAL names model.classical's estimators without importing it (and scipy.signal,
+        # half a second) into a process that runs no segment.
+        unknown = [e for e in estimators if e not in CLASSICAL and e != NBHRNET]
         if unknown:
             raise ValueError(
                 f"unknown estimator {unknown[0]!r}; available: "
-                f"{', '.join(sorted([*ESTIMATORS, NBHRNET]))}"
+                f"{', '.join(sorted([*CLASSICAL, NBHRNET]))}"
             )
         opts = ProcessingOptions(
             estimators=tuple(dict.fromkeys(estimators)) or CLASSICAL,
@@ -424,54 +425,21 @@ def run(
     """Find every video under DIRECTORY, estimate HR per window, store it in the database."""
     from db import queries
     from nbhr import analysis
-    from scheduler.local import run_segments
+    from scheduler.local import LocalPool
 
     model_threads = _threads_per_process(model_threads, workers)
-
-    engine, reg, plan = register_and_plan(directory, db_url, "local", **plan_args)
-    say = (lambda *a, **k: None) if as_json else click.echo
-    say(
-        f"{len(reg.all_ids)} videos: {len(reg.new)} new, {len(reg.known)} known, "
-        f"{len(reg.failed)} unusable"
+    # A pool's processes start first, and import and build their face detectors while this
+    # process registers and plans the archive; they end while it sums up the results.
+    pool = LocalPool(
+        db_url,
+        workers,
+        model_threads,
+        [str(directory.resolve())],
+        detector=plan_args["roi"] == "face",
+        wait=False,
     )
-    for skipped, same in reg.duplicates:
-        say(f"skipped {skipped}: same content as {same}")
-    outcomes = []
-    if plan.job_id is None:
-        say("nothing to do: every recording is already processed with these options")
-    else:
-        say(
-            f"job {plan.job_id}: {len(plan.segment_ids)} segments of {plan.recordings} recordings "
-            f"({plan.video_s / 60:.1f} min of video) on {workers} process(es) x "
-            f"{model_threads} thread(s)"
-        )
-        stream = run_segments(
-            db_url, plan.segment_ids, workers, model_threads, [str(directory.resolve())]
-        )
-        show = not as_json and sys.stderr.isatty()
-        with (
-            click.progressbar(
-                stream,
-                length=len(plan.segment_ids),
-                label="segments",
-                file=sys.stderr,
-                show_pos=True,
-                show_eta=True,
-            )
-            if show
-            else contextlib.nullcontext(stream) as bar
-        ):
-            try:
-                for outcome in bar:
-                    outcomes.append(outcome)
-            except KeyboardInterrupt:
-                click.echo(
-                    f"\ninterrupted after {len(outcomes)} of {len(plan.segment_ids)} segments; "
-                    "run the same command again to resume",
-                    err=True,
-                )
-                sys.exit(130)
-        _finish_job(engine, plan.job_id)
+    with pool:
+        engine, reg, plan, outcomes = _run_job(directory, db_url, pool, as_json, plan_args)
     with session_scope(engine) as s:
         fails = queries.failures(s)
         subjects = analysis.results(s, level="subject")
@@ -513,6 +481,57 @@ def run(
             ],
             "table",
         )
+
+
+def _run_job(
+    directory: Path, db_url: str, pool: Any, as_json: bool, plan_args: dict[str, Any]
+) -> tuple[Engine, Any, Any, list[Any]]:
+    """`run`'s work on a started LocalPool: register and plan the archive, run the job's
+    segments with a progress bar, mark the job finished. Returns (engine, Registration, Plan,
+    the segments' outcomes)."""
+    engine, reg, plan = register_and_plan(directory, db_url, "local", **plan_args)
+    say = (lambda *a, **k: None) if as_json else click.echo
+    say(
+        f"{len(reg.all_ids)} videos: {len(reg.new)} new, {len(reg.known)} known, "
+        f"{len(reg.failed)} unusable"
+    )
+    for skipped, same in reg.duplicates:
+        say(f"skipped {skipped}: same content as {same}")
+    outcomes = []
+    if plan.job_id is None:
+        say("nothing to do: every recording is already processed with these options")
+    else:
+        say(
+            f"job {plan.job_id}: {len(plan.segment_ids)} segments of {plan.recordings} recordings "
+            f"({plan.video_s / 60:.1f} min of video) on {pool.workers} process(es) x "
+            f"{pool.model_threads} thread(s)"
+        )
+        stream = pool.run(plan.segment_ids)
+        show = not as_json and sys.stderr.isatty()
+        with (
+            click.progressbar(
+                stream,
+                length=len(plan.segment_ids),
+                label="segments",
+                file=sys.stderr,
+                show_pos=True,
+                show_eta=True,
+            )
+            if show
+            else contextlib.nullcontext(stream) as bar
+        ):
+            try:
+                for outcome in bar:
+                    outcomes.append(outcome)
+            except KeyboardInterrupt:
+                click.echo(
+                    f"\ninterrupted after {len(outcomes)} of {len(plan.segment_ids)} segments; "
+                    "run the same command again to resume",
+                    err=True,
+                )
+                sys.exit(130)
+        _finish_job(engine, plan.job_id)
+    return engine, reg, plan, outcomes
 
 
 def register_and_plan(

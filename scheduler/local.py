@@ -1,30 +1,119 @@
 """The embedded executor: run segments on a pool of local processes (no broker needed).
 
-Each process builds its own database engine and face detector on first use and calls the
-same `process_segment` that the Celery task calls.
+Each process builds its own database engine and face detector and calls the same
+`process_segment` that the Celery task calls.
+
+A pool's processes can be started before the work is known (LocalPool): `nbhr run` starts them
+first and registers and plans the archive while they import and build their face detectors,
+the two at once on two cores instead of one after the other. worker.process is imported here
+only where segments run in this process, so that the main process of a pool never pays for it.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 
-from db.engine import engine_for
-from worker.process import SegmentOutcome, init_process, process_segment
+from worker.outcome import SegmentOutcome
 
 _DB_URL: str | None = None
 
 
-def _init(db_url: str, model_threads: int, archive_roots: list[str] | None) -> None:
+def _init(
+    db_url: str, model_threads: int, archive_roots: list[str] | None, detector: bool = False
+) -> None:
+    """A process's set-up (worker.process.init_process); detector: also build its face
+    detector now (dlib's, 0.2 s), not at its first segment."""
+    from worker.process import face_detector, init_process
+
     global _DB_URL
     _DB_URL = db_url
     init_process(model_threads, archive_roots)
+    if detector:
+        face_detector()
 
 
 def _run(segment_id: int) -> SegmentOutcome:
+    from db.engine import engine_for
+    from worker.process import process_segment
+
     assert _DB_URL is not None, "pool process not initialised"
     return process_segment(engine_for(_DB_URL), segment_id)
+
+
+def _started() -> None:
+    """A task that does nothing: submitting one per process makes the pool start them all."""
+
+
+class LocalPool:
+    """`workers` processes (none when workers == 1, unless `spawn`: the segments then run in
+    this process), each with `model_threads` onnxruntime threads for NBHRnet and reading only
+    under `archive_roots` (None: anywhere), started when the block is entered; `run` runs
+    segments on them. detector: each process builds its face detector as it starts.
+    spawn: run even one worker in a fresh process, which pays the start-up (imports,
+    onnxruntime sessions, the face detector) that a pool's processes pay, as `nbhr bench`
+    compares them.
+    wait: on leaving the block, wait for the processes to end (what a caller that counts
+    their CPU time needs); False lets them end while this process goes on (the interpreter
+    still waits for them before it exits). Leaving on an exception cancels the segments not
+    yet started."""
+
+    def __init__(
+        self,
+        db_url: str,
+        workers: int = 1,
+        model_threads: int = 1,
+        archive_roots: list[str] | None = None,
+        spawn: bool = False,
+        detector: bool = False,
+        wait: bool = True,
+    ) -> None:
+        self.db_url = db_url
+        self.workers = max(workers, 1)
+        self.model_threads = model_threads
+        self.initargs = (db_url, model_threads, archive_roots, detector)
+        self.in_process = workers <= 1 and not spawn
+        self.wait = wait
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> LocalPool:
+        if self.in_process:
+            return self
+        # spawn, not fork: a forked child would inherit the parent's open database connections.
+        self._pool = ProcessPoolExecutor(
+            self.workers,
+            mp_context=mp.get_context("spawn"),
+            initializer=_init,
+            initargs=self.initargs,
+        )
+        # The executor starts a process for each task submitted while none is idle.
+        for _ in range(self.workers):
+            self._pool.submit(_started)
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=self.wait, cancel_futures=exc_type is not None)
+            self._pool = None
+
+    def run(self, segment_ids: list[int]) -> Iterator[SegmentOutcome]:
+        """Run the segments, yielding each outcome as it finishes."""
+        if self._pool is None:
+            if not self.in_process:
+                raise RuntimeError("LocalPool.run outside its with block")
+            _init(*self.initargs)
+            for sid in segment_ids:
+                yield _run(sid)
+            return
+        futures: list[Future] = [self._pool.submit(_run, sid) for sid in segment_ids]
+        try:
+            for fut in as_completed(futures):
+                yield fut.result()
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
 
 
 def run_segments(
@@ -35,29 +124,7 @@ def run_segments(
     archive_roots: list[str] | None = None,
     spawn: bool = False,
 ) -> Iterator[SegmentOutcome]:
-    """Run segments on `workers` processes (in this process when workers == 1, unless
-    `spawn`), each with `model_threads` onnxruntime threads for NBHRnet and reading only under
-    `archive_roots` (None: anywhere), yielding each outcome as it finishes. spawn: run even one
-    worker in a fresh process, which pays the start-up (imports, onnxruntime sessions, the
-    face detector) that a pool's processes pay, as `nbhr bench` compares them."""
-    if workers <= 1 and not spawn:
-        _init(db_url, model_threads, archive_roots)
-        for sid in segment_ids:
-            yield _run(sid)
-        return
-    # spawn, not fork: a forked child would inherit the parent's open database connections.
-    ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(
-        max(workers, 1),
-        mp_context=ctx,
-        initializer=_init,
-        initargs=(db_url, model_threads, archive_roots),
-    ) as pool:
-        futures = [pool.submit(_run, sid) for sid in segment_ids]
-        try:
-            for fut in as_completed(futures):
-                yield fut.result()
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
+    """Run segments on a LocalPool started for them (arguments as there), yielding each
+    outcome as it finishes."""
+    with LocalPool(db_url, workers, model_threads, archive_roots, spawn) as pool:
+        yield from pool.run(segment_ids)

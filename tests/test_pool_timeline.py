@@ -129,3 +129,67 @@ def test_bench_reports_an_inference_process_that_dies(tmp_path: Path) -> None:
     frames = np.zeros((60, 3, 128, 128), np.float32)
     with pytest.raises(RuntimeError, match="exited with code 1"):
         bench_inference_processes(opts, frames, 2, windows=1, rounds=1)
+
+
+def test_a_pool_starts_its_processes_before_the_work_is_known(
+    demo_archive: Path, tmp_path: Path
+) -> None:
+    """LocalPool starts every process on entering its block, before any segment exists (as
+    `nbhr run` starts them, then plans the archive), runs the segments planned afterwards, and
+    leaves no process behind with wait=True."""
+    import multiprocessing as mp
+    import time
+
+    from nbhr.bench import plan_fresh
+    from scheduler.local import LocalPool
+    from worker.options import ProcessingOptions
+
+    url = f"sqlite:///{tmp_path / 'early.sqlite'}"
+    assert mp.active_children() == []
+    with LocalPool(url, 2, detector=True) as pool:
+        deadline = time.monotonic() + 120
+        while len(mp.active_children()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(mp.active_children()) == 2
+        engine, segment_ids = plan_fresh(url, demo_archive, ProcessingOptions())
+        engine.dispose()
+        done = list(pool.run(segment_ids))
+    assert mp.active_children() == []
+    assert sorted(o.segment_id for o in done) == sorted(segment_ids) and len(done) == 3
+    assert {o.state for o in done} == {"done"}
+    here = f"{socket.gethostname()}:{os.getpid()}"
+    assert here not in {worker for _, _, worker in segment_states(url).values()}
+
+
+def test_nbhr_run_on_a_pool_keeps_the_worker_out_of_its_own_process(
+    demo_archive: Path, tmp_path: Path
+) -> None:
+    """`nbhr run -j2`: the segments run in the pool's processes, and the main process, which
+    only registers, plans and sums up, never imports the worker (worker.process, and with it
+    scipy.signal and dlib): their import time would delay the pool's start on two cores."""
+    code = (
+        "import json, os, sys\n"
+        "from nbhr.cli import main\n"
+        "try:\n"
+        "    main(sys.argv[1:])\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "heavy = [m in sys.modules for m in ('worker.process', 'scipy.signal', 'dlib')]\n"
+        "print(json.dumps([os.getpid(), heavy]))\n"
+    )
+    url = f"sqlite:///{tmp_path / 'light.sqlite'}"
+    out = subprocess.run(
+        [sys.executable, "-c", code, "run", str(demo_archive), "-j2", "--db", url, "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    summary_text, _, imported = out.stdout.rstrip().rpartition("\n")
+    summary = json.loads(summary_text)
+    assert summary["segments_run"] == 3 and summary["segments_failed"] == 0
+    assert summary["windows_written"] > 0
+    pid, heavy = json.loads(imported)
+    assert heavy == [False, False, False]
+    holders = {worker for _, _, worker in segment_states(url).values()}
+    assert holders and f"{socket.gethostname()}:{pid}" not in holders

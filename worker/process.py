@@ -42,6 +42,7 @@ from worker.crops import (
 from worker.faces import Box, FaceDetector, region_mean, skin_mean
 from worker.features import FrameFeatures
 from worker.options import NBHRNET, NBHRNET_PPG, NBHRNET_WINDOW_S, ProcessingOptions, WindowGrid
+from worker.outcome import SegmentOutcome
 from worker.track import tracked_frames
 from worker.video import VideoError, decodes_reduced, iter_frames
 
@@ -129,15 +130,6 @@ def _crop(frame: np.ndarray, box: Box | None, found: bool, roi: str) -> np.ndarr
             return None
     small = cv2.resize(frame, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_AREA)
     return cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
-
-
-@dataclass(frozen=True)
-class SegmentOutcome:
-    segment_id: int
-    state: str  # done | failed | skipped (another worker holds it or it is finished)
-    n_windows: int = 0
-    video_s: float = 0.0
-    error: str | None = None
 
 
 @dataclass(frozen=True)
