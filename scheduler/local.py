@@ -57,7 +57,7 @@ class LocalPool:
     wait: on leaving the block, wait for the processes to end (what a caller that counts
     their CPU time needs); False lets them end while this process goes on (the interpreter
     still waits for them before it exits). Leaving on an exception cancels the segments not
-    yet started."""
+    yet started; leaving before any segment was run ends the processes at once."""
 
     def __init__(
         self,
@@ -76,6 +76,7 @@ class LocalPool:
         self.in_process = workers <= 1 and not spawn
         self.wait = wait
         self._pool: ProcessPoolExecutor | None = None
+        self._ran = False  # whether run was asked for any segment
 
     def __enter__(self) -> LocalPool:
         if self.in_process:
@@ -93,9 +94,18 @@ class LocalPool:
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
-        if self._pool is not None:
+        if self._pool is None:
+            return
+        if not self._ran:
+            # Nothing was run (nothing to do, or an error before any work): end the processes
+            # now instead of waiting for their start-up to finish (half a second or more).
+            # ProcessPoolExecutor has no public way to do it before Python 3.14.
+            for proc in list(getattr(self._pool, "_processes", {}).values()):
+                proc.terminate()
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        else:
             self._pool.shutdown(wait=self.wait, cancel_futures=exc_type is not None)
-            self._pool = None
+        self._pool = None
 
     def run(self, segment_ids: list[int]) -> Iterator[SegmentOutcome]:
         """Run the segments, yielding each outcome as it finishes."""
@@ -106,6 +116,7 @@ class LocalPool:
             for sid in segment_ids:
                 yield _run(sid)
             return
+        self._ran = self._ran or bool(segment_ids)
         futures: list[Future] = [self._pool.submit(_run, sid) for sid in segment_ids]
         try:
             for fut in as_completed(futures):

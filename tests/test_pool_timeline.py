@@ -138,7 +138,6 @@ def test_a_pool_starts_its_processes_before_the_work_is_known(
     `nbhr run` starts them, then plans the archive), runs the segments planned afterwards, and
     leaves no process behind with wait=True."""
     import multiprocessing as mp
-    import time
 
     from nbhr.bench import plan_fresh
     from scheduler.local import LocalPool
@@ -147,9 +146,6 @@ def test_a_pool_starts_its_processes_before_the_work_is_known(
     url = f"sqlite:///{tmp_path / 'early.sqlite'}"
     assert mp.active_children() == []
     with LocalPool(url, 2, detector=True) as pool:
-        deadline = time.monotonic() + 120
-        while len(mp.active_children()) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
         assert len(mp.active_children()) == 2
         engine, segment_ids = plan_fresh(url, demo_archive, ProcessingOptions())
         engine.dispose()
@@ -193,3 +189,19 @@ def test_nbhr_run_on_a_pool_keeps_the_worker_out_of_its_own_process(
     assert heavy == [False, False, False]
     holders = {worker for _, _, worker in segment_states(url).values()}
     assert holders and f"{socket.gethostname()}:{pid}" not in holders
+
+
+def test_a_pool_left_before_any_work_ends_its_processes_at_once(tmp_path: Path) -> None:
+    """Leaving a LocalPool that ran nothing (`nbhr run` with nothing to do) ends its processes
+    while they still start up (a signal, not their own exit after it), and leaves none."""
+    import multiprocessing as mp
+    import signal
+
+    from scheduler.local import LocalPool
+
+    with LocalPool(f"sqlite:///{tmp_path / 'unused.sqlite'}", 2, detector=True) as pool:
+        procs = mp.active_children()
+        assert len(procs) == 2
+        assert list(pool.run([])) == []
+    assert mp.active_children() == []
+    assert [p.exitcode for p in procs] == [-signal.SIGTERM] * 2
