@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from sqlalchemy import Engine
@@ -24,6 +24,9 @@ from training.cli import distill as distill_command
 from training.cli import export_onnx as export_onnx_command
 from training.cli import quantize as quantize_command
 from training.cli import train as train_command
+
+if TYPE_CHECKING:
+    from scheduler.local import LocalPool
 
 DB_OPTION = click.option(
     "--db",
@@ -484,7 +487,7 @@ def run(
 
 
 def _run_job(
-    directory: Path, db_url: str, pool: Any, as_json: bool, plan_args: dict[str, Any]
+    directory: Path, db_url: str, pool: LocalPool, as_json: bool, plan_args: dict[str, Any]
 ) -> tuple[Engine, Any, Any, list[Any]]:
     """`run`'s work on a started LocalPool: register and plan the archive, run the job's
     segments with a progress bar, mark the job finished. Returns (engine, Registration, Plan,

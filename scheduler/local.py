@@ -125,17 +125,3 @@ class LocalPool:
             for fut in futures:
                 fut.cancel()
             raise
-
-
-def run_segments(
-    db_url: str,
-    segment_ids: list[int],
-    workers: int = 1,
-    model_threads: int = 1,
-    archive_roots: list[str] | None = None,
-    spawn: bool = False,
-) -> Iterator[SegmentOutcome]:
-    """Run segments on a LocalPool started for them (arguments as there), yielding each
-    outcome as it finishes."""
-    with LocalPool(db_url, workers, model_threads, archive_roots, spawn) as pool:
-        yield from pool.run(segment_ids)

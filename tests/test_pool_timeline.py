@@ -62,10 +62,10 @@ def test_bench_counts_the_cpu_of_its_pool_processes(demo_archive: Path) -> None:
 def test_one_worker_spawned_runs_in_a_process_of_its_own(
     demo_archive: Path, tmp_path: Path
 ) -> None:
-    """run_segments(spawn=True) with one worker: the segments run in a new process (what the
+    """LocalPool(spawn=True) with one worker: the segments run in a new process (what the
     bench's one-process layout pays, like a pool's), with the same results as in this one."""
     from nbhr.bench import plan_fresh
-    from scheduler.local import run_segments
+    from scheduler.local import LocalPool
     from worker.options import ProcessingOptions
 
     results = {}
@@ -73,7 +73,9 @@ def test_one_worker_spawned_runs_in_a_process_of_its_own(
         url = f"sqlite:///{tmp_path / f'spawn_{spawn}.sqlite'}"
         engine, segment_ids = plan_fresh(url, demo_archive, ProcessingOptions())
         engine.dispose()
-        done = list(run_segments(url, segment_ids, 1, spawn=spawn))
+        with LocalPool(url, 1, spawn=spawn) as pool:
+            assert pool.in_process is not spawn
+            done = list(pool.run(segment_ids))
         assert sorted(o.segment_id for o in done) == sorted(segment_ids)
         assert {o.state for o in done} == {"done"}
         holders = {worker for _, _, worker in segment_states(url).values()}

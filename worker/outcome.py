@@ -1,7 +1,7 @@
 """What running one segment came to, as the executors hand it back.
 
 A module of its own, light to import: a pool's main process unpickles every outcome, and
-should not import the whole worker (scipy.signal, onnxruntime, OpenCV's video code) for it.
+should not import worker.process (and with it scipy.signal, half a second) for it.
 """
 
 from __future__ import annotations
