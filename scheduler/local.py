@@ -56,8 +56,8 @@ class LocalPool:
     compares them.
     wait: on leaving the block, wait for the processes to end (what a caller that counts
     their CPU time needs); False lets them end while this process goes on (the interpreter
-    still waits for them before it exits). Leaving on an exception cancels the segments not
-    yet started; leaving before any segment was run ends the processes at once."""
+    still waits for them before it exits). Leaving on an exception (Ctrl-C included), or
+    before any segment was run, ends the processes at once."""
 
     def __init__(
         self,
@@ -96,15 +96,18 @@ class LocalPool:
     def __exit__(self, exc_type: object, *exc: object) -> None:
         if self._pool is None:
             return
-        if not self._ran:
-            # Nothing was run (nothing to do, or an error before any work): end the processes
-            # now instead of waiting for their start-up to finish (half a second or more).
-            # ProcessPoolExecutor has no public way to do it before Python 3.14.
+        if not self._ran or exc_type is not None:
+            # Nothing was run (nothing to do), or the run stops on an error or Ctrl-C: end the
+            # processes now instead of waiting for their start-up, or for the segments already
+            # handed to them, to finish. A segment cut short stays `running` under a process
+            # that is gone, which the next plan of the same job takes over
+            # (scheduler.plan._orphaned); its windows are written in one transaction or not at
+            # all. ProcessPoolExecutor has no public way to do this before Python 3.14.
             for proc in list(getattr(self._pool, "_processes", {}).values()):
                 proc.terminate()
             self._pool.shutdown(wait=True, cancel_futures=True)
         else:
-            self._pool.shutdown(wait=self.wait, cancel_futures=exc_type is not None)
+            self._pool.shutdown(wait=self.wait)
         self._pool = None
 
     def run(self, segment_ids: list[int]) -> Iterator[SegmentOutcome]:

@@ -207,3 +207,41 @@ def test_a_pool_left_before_any_work_ends_its_processes_at_once(tmp_path: Path) 
         assert list(pool.run([])) == []
     assert mp.active_children() == []
     assert [p.exitcode for p in procs] == [-signal.SIGTERM] * 2
+
+
+def test_a_pool_left_on_an_exception_ends_its_processes_and_the_job_resumes(
+    demo_archive: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C in `nbhr run -j2` leaves the pool's block with an exception while segments run:
+    the processes end at once (a signal), and planning the same job again takes over what
+    they held or had not started, so that every segment ends done with its windows."""
+    import multiprocessing as mp
+    import signal
+
+    from nbhr.bench import plan_fresh
+    from scheduler.local import LocalPool
+    from worker.options import ProcessingOptions
+
+    url = f"sqlite:///{tmp_path / 'stopped.sqlite'}"
+    opts = ProcessingOptions()
+    engine, segment_ids = plan_fresh(url, demo_archive, opts)
+    engine.dispose()
+    assert len(segment_ids) == 3
+    with pytest.raises(KeyboardInterrupt), LocalPool(url, 2) as pool:
+        procs = mp.active_children()
+        first = next(pool.run(segment_ids))
+        raise KeyboardInterrupt
+    assert mp.active_children() == []
+    assert [p.exitcode for p in procs] == [-signal.SIGTERM] * 2
+    states = segment_states(url)
+    assert states[first.segment_id][0] == "done"
+    left = sorted(sid for sid, (state, _, _) in states.items() if state != "done")
+    assert left  # the other two were cut short or never started
+
+    engine, again = plan_fresh(url, demo_archive, opts)  # `nbhr run` once more
+    engine.dispose()
+    assert sorted(again) == left
+    with LocalPool(url, 2) as pool:
+        assert {o.state for o in pool.run(again)} == {"done"}
+    assert {state for state, _, _ in segment_states(url).values()} == {"done"}
+    assert len(window_keys(url)) > 0
