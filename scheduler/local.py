@@ -15,6 +15,7 @@ import multiprocessing as mp
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 
+from db.engine import engine_for
 from worker.outcome import SegmentOutcome
 
 _DB_URL: str | None = None
@@ -35,7 +36,6 @@ def _init(
 
 
 def _run(segment_id: int) -> SegmentOutcome:
-    from db.engine import engine_for
     from worker.process import process_segment
 
     assert _DB_URL is not None, "pool process not initialised"
@@ -69,10 +69,9 @@ class LocalPool:
         detector: bool = False,
         wait: bool = True,
     ) -> None:
-        self.db_url = db_url
         self.workers = max(workers, 1)
         self.model_threads = model_threads
-        self.initargs = (db_url, model_threads, archive_roots, detector)
+        self._initargs = (db_url, model_threads, archive_roots, detector)
         self.in_process = workers <= 1 and not spawn
         self.wait = wait
         self._pool: ProcessPoolExecutor | None = None
@@ -86,7 +85,7 @@ class LocalPool:
             self.workers,
             mp_context=mp.get_context("spawn"),
             initializer=_init,
-            initargs=self.initargs,
+            initargs=self._initargs,
         )
         # The executor starts a process for each task submitted while none is idle.
         for _ in range(self.workers):
@@ -115,7 +114,7 @@ class LocalPool:
         if self._pool is None:
             if not self.in_process:
                 raise RuntimeError("LocalPool.run outside its with block")
-            _init(*self.initargs)
+            _init(*self._initargs)
             for sid in segment_ids:
                 yield _run(sid)
             return
