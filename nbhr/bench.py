@@ -7,6 +7,7 @@ in one process, and per wall second on the local pool).
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import os
 import platform
@@ -540,6 +541,28 @@ def bench_end_to_end(
     return out
 
 
+# The NBHR archive (Huang et al. 2021): 1130 recordings of 257 newborns, 9.6 h of 30-fps video.
+NBHR_VIDEO_H = 9.6
+
+
+def archive_estimate(entry: dict[str, Any], video_h: float = NBHR_VIDEO_H) -> dict[str, Any]:
+    """The wall time of `video_h` hours of video at the rate of one bench_end_to_end layout's
+    `entry` (its video s per wall s, start-up included): on this machine, and the number of
+    such machines that would take at most one hour if the work divided evenly among them
+    (each with a pool of its own; the database and broker they would share are not counted:
+    scripts/bench_distributed.py measures those)."""
+    rate = entry["video_s_per_wall_s"]
+    hours = video_h / rate
+    return {
+        "video_h": video_h,
+        "video_s_per_wall_s": rate,
+        "workers": entry["workers"],
+        "threads": entry["threads"],
+        "wall_h_one_machine": hours,
+        "machines_for_one_hour": max(1, math.ceil(hours)),
+    }
+
+
 def _keep_fastest(out: dict[str, Any], label: str, entry: dict[str, Any]) -> None:
     """Record one round's `entry` of a layout: out[label] becomes the fastest round's entry
     (lowest wall_s), with every round's wall time in `wall_s_rounds`."""
@@ -796,6 +819,10 @@ def run_bench(archive: Path | None, workers: int, model: Path | None = None) -> 
             )
             result["nbhrnet"]["end_to_end"] = bench_end_to_end(
                 archive, workers, opts, layouts, spawn=True, rounds=2
+            )
+            # Point 7 of the plan: the NBHR archive at the default layout's rate (nbhr run -jN).
+            result["nbhrnet"]["nbhr_archive"] = archive_estimate(
+                result["nbhrnet"]["end_to_end"]["pool"]
             )
             alone = bench_inference_processes(opts, frames[:60], workers)
             result["nbhrnet"]["end_to_end"]["inference_alone"] = alone

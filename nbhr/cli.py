@@ -1671,6 +1671,14 @@ def echo_bench(result: dict[str, Any]) -> None:
             f"{', '.join(f'{r:.2f}x' for r in e2e.get('pool_speedup_rounds', []))}), "
             f"{wide['video_s_per_wall_s']:.2f} on 1 x {wide['threads']}"
         )
+        archive = net.get("nbhr_archive")
+        if archive:
+            click.echo(
+                f"NBHR archive  {archive['video_h']:g} h of video in "
+                f"{archive['wall_h_one_machine']:.2f} h on this machine "
+                f"({archive['workers']} x {archive['threads']}, hop 2 s); "
+                f"{archive['machines_for_one_hour']} such machine(s) for at most 1 h"
+            )
         alone = e2e.get("inference_alone")
         if alone:
             click.echo(

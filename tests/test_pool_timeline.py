@@ -59,6 +59,23 @@ def test_bench_counts_the_cpu_of_its_pool_processes(demo_archive: Path) -> None:
     assert pool["video_s_per_cpu_s"] == pool["video_s"] / pool["cpu_s"]
 
 
+def test_bench_estimates_the_nbhr_archive_from_a_layouts_rate() -> None:
+    """Point 7's estimate: 9.6 h of video at a layout's video s per wall s, and how many such
+    machines would bring it under an hour."""
+    from nbhr.bench import NBHR_VIDEO_H, archive_estimate
+
+    entry = {"workers": 2, "threads": 1, "video_s": 390.0, "wall_s": 33.2}
+    entry["video_s_per_wall_s"] = entry["video_s"] / entry["wall_s"]  # 11.7, as on a Zen 3
+    out = archive_estimate(entry)
+    assert NBHR_VIDEO_H == 9.6 and out["video_h"] == 9.6
+    assert out["wall_h_one_machine"] == pytest.approx(9.6 * 33.2 / 390.0)  # 0.82 h
+    assert out["machines_for_one_hour"] == 1
+    assert (out["workers"], out["threads"]) == (2, 1)
+    slow = archive_estimate({**entry, "video_s_per_wall_s": 2.5})  # 3.84 h on one machine
+    assert slow["wall_h_one_machine"] == pytest.approx(3.84)
+    assert slow["machines_for_one_hour"] == 4
+
+
 def test_one_worker_spawned_runs_in_a_process_of_its_own(
     demo_archive: Path, tmp_path: Path
 ) -> None:
