@@ -8,6 +8,7 @@ import functools
 import io
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -172,6 +173,7 @@ def demo(
     from dataclasses import asdict
 
     from nbhr.demo import write_demo_archive
+    from scheduler.local import stop_on_sigterm
 
     try:
         width, height = (int(v) for v in size.lower().split("x"))
@@ -181,16 +183,17 @@ def demo(
         message = f"expected WxH, at least 64x64, got {size!r}"
         raise click.BadParameter(message, param_hint="--size") from None
     try:
-        summary = write_demo_archive(
-            directory,
-            subjects=subjects,
-            seconds=seconds,
-            seed=seed,
-            recordings_per_subject=recordings,
-            size=(width, height),
-            jobs=jobs,
-            codec=codec,
-        )
+        with stop_on_sigterm():  # `kill` ends the --jobs processes too
+            summary = write_demo_archive(
+                directory,
+                subjects=subjects,
+                seconds=seconds,
+                seed=seed,
+                recordings_per_subject=recordings,
+                size=(width, height),
+                jobs=jobs,
+                codec=codec,
+            )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     if as_json:
@@ -428,7 +431,7 @@ def run(
     """Find every video under DIRECTORY, estimate HR per window, store it in the database."""
     from db import queries
     from nbhr import analysis
-    from scheduler.local import LocalPool
+    from scheduler.local import LocalPool, stop_on_sigterm
 
     model_threads = _threads_per_process(model_threads, workers)
     # A pool's processes start first, and import and build their face detectors while this
@@ -441,7 +444,8 @@ def run(
         detector=plan_args["roi"] == "face",
         wait=False,
     )
-    with pool:
+    # `kill` or `timeout` stops the run as Ctrl-C does, pool processes included.
+    with stop_on_sigterm(), pool:
         engine, reg, plan, outcomes = _run_job(directory, db_url, pool, as_json, plan_args)
     with session_scope(engine) as s:
         fails = queries.failures(s)
@@ -492,6 +496,8 @@ def _run_job(
     """`run`'s work on a started LocalPool: register and plan the archive, run the job's
     segments with a progress bar, mark the job finished. Returns (engine, Registration, Plan,
     the segments' outcomes)."""
+    from scheduler.local import Terminated
+
     engine, reg, plan = register_and_plan(directory, db_url, "local", **plan_args)
     say = (lambda *a, **k: None) if as_json else click.echo
     say(
@@ -526,13 +532,15 @@ def _run_job(
             try:
                 for outcome in bar:
                     outcomes.append(outcome)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as stop:
+                # Ctrl-C, or SIGTERM (scheduler.local.stop_on_sigterm); the shell's codes.
+                killed = isinstance(stop, Terminated)
                 click.echo(
-                    f"\ninterrupted after {len(outcomes)} of {len(plan.segment_ids)} segments; "
-                    "run the same command again to resume",
+                    f"\n{'terminated' if killed else 'interrupted'} after {len(outcomes)} of "
+                    f"{len(plan.segment_ids)} segments; run the same command again to resume",
                     err=True,
                 )
-                sys.exit(130)
+                sys.exit(128 + (signal.SIGTERM if killed else signal.SIGINT))
         _finish_job(engine, plan.job_id)
     return engine, reg, plan, outcomes
 

@@ -20,6 +20,7 @@ import numpy as np
 from skimage.data import astronaut
 
 from model.synthetic import hr_trajectory, ppg_wave
+from scheduler.local import end_now
 from worker.avi import RAW_AVI_LIMIT, RawAviWriter
 
 PPG_RATE_HZ = 60.0
@@ -176,8 +177,15 @@ def write_demo_archive(
     # Each recording draws from its own seed sequence, so the files do not depend on `jobs`.
     if jobs > 1:
         ctx = mp.get_context("spawn")
-        with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=ctx) as pool:
+        pool = ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=ctx)
+        try:
             mean_hrs = list(pool.map(_write_recording_task, tasks))
+        except BaseException:
+            # Ctrl-C, SIGTERM (the CLI's stop_on_sigterm) or a failed recording: stop the
+            # others now rather than wait for them to finish writing (minutes for long ones).
+            end_now(pool)
+            raise
+        pool.shutdown()
     else:
         mean_hrs = [_write_recording_task(t) for t in tasks]
     recordings = [

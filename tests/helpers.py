@@ -75,3 +75,11 @@ def window_keys(db_url: str) -> list[tuple]:
             )
     finally:
         eng.dispose()
+
+
+def pool_processes(pid: int) -> list[int]:
+    """The pool processes among the children of process `pid` (Linux /proc): those started by
+    multiprocessing's spawn, not its resource tracker."""
+    tasks = Path(f"/proc/{pid}/task")
+    children = [int(c) for t in tasks.iterdir() for c in (t / "children").read_text().split()]
+    return [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]

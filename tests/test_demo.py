@@ -206,3 +206,34 @@ def test_demo_command_lists_what_it_wrote_as_json(tmp_path: Path) -> None:
     for r in out["recordings"]:
         assert (tmp_path / "a" / r["recording"]).is_file() and r["subject"] == "infant_001"
         assert 80 <= r["mean_hr_bpm"] <= 240
+
+
+def test_killed_demo_ends_its_worker_processes(tmp_path: Path) -> None:
+    """`kill` (SIGTERM) on `nbhr demo --jobs 2` while both processes render: the command ends,
+    and so do they, instead of rendering on unwatched (and then waiting forever for work from
+    a parent that is gone, as they did)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import pool_processes
+
+    cmd = [sys.executable, "-m", "nbhr", "demo", tmp_path / "a", "--subjects", "2"]
+    proc = subprocess.Popen(
+        [*cmd, "--seconds", "120", "--jobs", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while len(list((tmp_path / "a" / "video").glob("*.avi"))) < 2:  # both are writing
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the demo wrote nothing"
+        time.sleep(0.05)
+    workers = pool_processes(proc.pid)
+    assert len(workers) == 2
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]

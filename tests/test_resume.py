@@ -15,7 +15,7 @@ from sqlalchemy import Engine, func, select
 
 from db.engine import make_engine, session_scope
 from db.models import Segment, SegmentState, Window
-from tests.helpers import nbhr
+from tests.helpers import nbhr, pool_processes
 from worker.options import CLASSICAL
 
 # 16-s recordings, 4-s windows every 2 s, one window per segment: 7 segments per recording.
@@ -30,7 +30,7 @@ def _done(engine: Engine) -> int:
 
 @pytest.mark.parametrize(
     ("database", "workers", "sig"),
-    [("sqlite", "1", signal.SIGKILL), ("pg", "2", signal.SIGINT)],
+    [("sqlite", "1", signal.SIGKILL), ("pg", "2", signal.SIGINT), ("sqlite", "2", signal.SIGTERM)],
 )
 def test_killed_run_is_resumed_without_duplicates(
     database: str,
@@ -63,12 +63,19 @@ def test_killed_run_is_resumed_without_duplicates(
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "no progress"
         time.sleep(0.01)
+    pool = pool_processes(proc.pid)
+    assert len(pool) == (int(workers) if workers != "1" else 0)  # -j1 runs in its own process
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    if sig == signal.SIGINT:
-        assert proc.returncode == 130 and "run the same command again" in err
-    else:
+    if sig == signal.SIGKILL:
         assert proc.returncode == -signal.SIGKILL
+    else:  # Ctrl-C, or `kill`: the pool's processes end with the run, none goes on alone
+        done = _done(engine)
+        assert proc.returncode == 128 + sig and "run the same command again" in err
+        assert ("terminated" if sig == signal.SIGTERM else "interrupted") in err
+        assert not [pid for pid in pool if Path(f"/proc/{pid}").exists()]
+        time.sleep(1.0)
+        assert _done(engine) == done
     assert _done(engine) < 21
     engine.dispose()
 
