@@ -29,6 +29,8 @@ from training.distill import (
     equalise_ranges,
     head_feature_scale,
     relu_student,
+    student_first_stride,
+    student_from_onnx,
     teacher_features,
 )
 from training.nbhrnet import DilatedBlock
@@ -95,6 +97,24 @@ def test_relu_student_equals_the_teacher_where_prelu_is_relu_and_no_shift_is_pad
     want = _features(teacher, crops[:8])
     got = _features(student, crops[:8])
     assert np.abs(got - want).max() < 1e-4 * np.abs(want).max()
+
+
+def test_a_first_stride_of_two_moves_the_first_downsampling(crops: np.ndarray) -> None:
+    teacher = encoder_from_onnx(ENCODER)
+    student = relu_student(teacher, first_stride=2)
+    assert (student[0][0].stride, student[1][0].stride) == ((2, 2), (1, 1))
+    assert (teacher[0][0].stride, teacher[1][0].stride) == ((1, 1), (2, 2))  # untouched
+    assert student_first_stride(student) == 2 and student_first_stride(relu_student(teacher)) == 1
+    # Same weights, same output size (the second layer's output is 64 x 64 either way), but
+    # another function: distillation has to bring it back to the teacher's features.
+    with torch.no_grad():
+        x = torch.from_numpy(crops[:4])
+        assert student[0](x).shape == (4, 32, 64, 64)
+        assert student[:2](x).shape == relu_student(teacher).eval()[:2](x).shape
+    got, want = _features(student, crops[:4]), _features(teacher, crops[:4])
+    assert got.shape == want.shape == (4, 256) and not np.allclose(got, want, atol=1e-2)
+    with pytest.raises(ValueError, match="first_stride"):
+        relu_student(teacher, first_stride=4)
 
 
 def test_equalised_ranges_change_nothing_but_the_channel_scales(crops: np.ndarray) -> None:
@@ -169,3 +189,32 @@ def test_distill_and_quantize_commands(
     out = nbhr("quantize", other, face_videos[0], "--frames", "30", check=False)
     assert out.returncode == 1 and "distilled from another model" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_student_with_a_first_stride_of_two_is_distilled_quantised_and_run(
+    face_videos: list[Path], crops: np.ndarray, tmp_path: Path
+) -> None:
+    """`nbhr distill --first-stride 2`: the file says so, reads back as the same module, and
+    `nbhr quantize` makes an int8 encoder whose float first convolution has stride 2."""
+    model = copy_bundled_model(tmp_path)
+    args = [face_videos[0], "--frames", "96", "--minutes", "0.1", "--first-stride", "2"]
+    made = nbhr_json("distill", model, *args, "--json")
+    student = relu_encoder_path(model)
+    meta = {p.key: p.value for p in onnx.load(str(student)).metadata_props}
+    assert meta["nbhr.first_stride"] == "2" and "first stride 2" in meta["nbhr.distillation"]
+    module = student_from_onnx(student)
+    assert student_first_stride(module) == 2
+    want = teacher_features(student, crops[:4])  # the file, run by onnxruntime
+    assert np.abs(_features(module, crops[:4]) - want).max() < 1e-4 * np.abs(want).max()
+    assert made["steps"] >= 1
+
+    nbhr_json("quantize", model, face_videos[0], "--frames", "30", "--method", "minmax", "--json")
+    graph = onnx.load(str(int8_encoder_path(model))).graph
+    strides = [
+        [a.ints for a in n.attribute if a.name == "strides"][0]
+        for n in graph.node
+        if n.op_type in ("Conv", "QLinearConv")
+    ]
+    assert [list(s) for s in strides[:2]] == [[2, 2], [1, 1]]
+    features = NBHRNetRunner(model, precision="int8").encode_frames(crops[:8])
+    assert features.shape == (8, 256) and np.isfinite(features).all()

@@ -344,6 +344,14 @@ def quantize(
 @click.option("--batch", default=32, show_default=True, type=click.IntRange(2), help="Frames.")
 @click.option("--seed", default=0, show_default=True, help="Batch order.")
 @click.option("--threads", default=0, show_default=True, help="Torch threads (0: all cores).")
+@click.option(
+    "--first-stride",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 2),
+    help="2: the student downsamples in its first convolution (which int8 runs in float) "
+    "instead of its second, a quarter of that layer's work; more to distil.",
+)
 @click.option("--json", "as_json", is_flag=True, help="The file and its figures as JSON.")
 def distill(
     model: Path,
@@ -355,6 +363,7 @@ def distill(
     batch: int,
     seed: int,
     threads: int,
+    first_stride: int,
     as_json: bool,
 ) -> None:
     """Distil an exported NBHRnet's encoder (FILE.encoder.onnx) into an all-ReLU encoder that
@@ -386,7 +395,7 @@ def distill(
     log = (lambda m: click.echo(m, err=True)) if not as_json else None
     try:
         crops = calibration_frames(videos, roi=roi, max_frames=frames, stride=1)
-        student = relu_student(encoder_from_onnx(encoder))
+        student = relu_student(encoder_from_onnx(encoder), first_stride)
         targets = teacher_features(encoder, crops.frames, threads)
         scale = head_feature_scale(head)
         done = run_distillation(
@@ -396,8 +405,8 @@ def distill(
         raise click.ClickException(str(exc)) from None
     note = (
         f"{done.frames} face-crop frames of {len(crops.sources)} videos, {done.steps} Adam steps "
-        f"(lr {lr:g}, batch {batch}, seed {seed}); held-out feature nmse "
-        f"{done.nmse_start:.4f} -> {done.nmse_end:.4f} on {done.holdout} frames"
+        f"(lr {lr:g}, batch {batch}, seed {seed}, first stride {first_stride}); held-out "
+        f"feature nmse {done.nmse_start:.4f} -> {done.nmse_end:.4f} on {done.holdout} frames"
     )
     out = export_student(student, model, note)
     digest = file_sha256(out)

@@ -122,10 +122,35 @@ def _fold_input_affine(conv: nn.Conv2d, affine: tuple[torch.Tensor, torch.Tensor
     conv.weight.data = w * a[None, :, None, None]
 
 
-def relu_student(teacher: nn.Sequential) -> nn.Sequential:
+def relu_student(teacher: nn.Sequential, first_stride: int = 1) -> nn.Sequential:
     """The teacher encoder (training.nbhrnet._encoder layout) as conv -> ReLU layers: PReLU ->
     ReLU, each BatchNorm folded into the convolution(s) that read its output. The teacher is
-    not changed. Returns a module in train mode with the same input and output shapes."""
+    not changed. Returns a module in train mode with the same input and output shapes.
+
+    first_stride: 2 moves the encoder's first downsampling from its second convolution to its
+    first, which then computes 32 channels at 64 x 64 instead of 128 x 128; the second works at
+    stride 1 on that. In the int8 encoder the first convolution stays in float, and it and the
+    quantising and reordering of its output took about a quarter of the encoder's time on an
+    AVX2 CPU. The student no longer starts as the teacher's function (each second-layer tap
+    reads two pixels further out), so distillation has more to learn (docs/performance.md)."""
+    if first_stride not in (1, 2):
+        raise ValueError(f"first_stride must be 1 or 2, not {first_stride}")
+    student = _relu_layers(teacher)
+    if first_stride == 2:
+        first, second = student[0][0], student[1][0]
+        if first.stride != (1, 1) or second.stride != (2, 2):
+            raise ValueError("the encoder does not downsample in its second convolution")
+        first.stride, second.stride = (2, 2), (1, 1)
+    return student
+
+
+def student_first_stride(student: nn.Sequential) -> int:
+    """The stride of a student's first convolution (relu_student's first_stride)."""
+    return student[0][0].stride[0]
+
+
+def _relu_layers(teacher: nn.Sequential) -> nn.Sequential:
+    """relu_student's layers, the teacher's strides kept."""
     layers: list[nn.Module] = []
     pending = None  # the affine of the last BatchNorm, for the next convolutions to absorb
     with torch.no_grad():
@@ -169,9 +194,13 @@ def head_feature_scale(head_onnx: Path) -> np.ndarray:
 def student_from_onnx(path: Path) -> nn.Sequential:
     """A ReLU student written by export_student, back as a PyTorch module in eval mode.
     ValueError when the file is not one."""
+    import onnx
+
     _, weights = _onnx_graph(path)
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    stride = int(meta.get("nbhr.first_stride", "1"))
     # The layout only: every weight is replaced by the file's.
-    return _load_weights(relu_student(_encoder().eval()), weights, path)
+    return _load_weights(relu_student(_encoder().eval(), stride), weights, path)
 
 
 def equalise_ranges(student: nn.Sequential, frames: np.ndarray, percentile: float) -> None:
@@ -352,6 +381,7 @@ def export_student(student: nn.Module, model: Path, note: str) -> Path:
         "nbhr.parent_sha256": file_sha256(model),
         "nbhr.teacher_encoder_sha256": file_sha256(teacher),
         "nbhr.encoder": "relu-distilled",
+        "nbhr.first_stride": str(student_first_stride(student)),
         "nbhr.distillation": note,
     }
     out = relu_encoder_path(model)
