@@ -20,7 +20,6 @@ import numpy as np
 from skimage.data import astronaut
 
 from model.synthetic import hr_trajectory, ppg_wave
-from scheduler.local import end_now
 from worker.avi import RAW_AVI_LIMIT, RawAviWriter
 
 PPG_RATE_HZ = 60.0
@@ -183,6 +182,9 @@ def write_demo_archive(
         except BaseException:
             # Ctrl-C, SIGTERM (the CLI's stop_on_sigterm) or a failed recording: stop the
             # others now rather than wait for them to finish writing (minutes for long ones).
+            # Imported here: scheduler.local loads SQLAlchemy, which no demo process needs.
+            from scheduler.local import end_now
+
             end_now(pool)
             raise
         pool.shutdown()

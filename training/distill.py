@@ -51,13 +51,14 @@ WARMUP_STEPS = 100
 EVAL_BATCH = 64
 
 
-def _onnx_graph(path: Path) -> tuple[Any, dict[str, np.ndarray]]:
-    """An ONNX file's graph and its initializers by name."""
+def _onnx_file(path: Path) -> tuple[Any, dict[str, np.ndarray], dict[str, str]]:
+    """An ONNX file's graph, its initializers by name and its metadata, read once."""
     import onnx
     from onnx import numpy_helper
 
-    graph = onnx.load(str(path)).graph
-    return graph, {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    model = onnx.load(str(path))
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return model.graph, weights, {p.key: p.value for p in model.metadata_props}
 
 
 def _load_weights(module: nn.Module, weights: dict[str, np.ndarray], path: Path) -> nn.Module:
@@ -83,7 +84,7 @@ def encoder_from_onnx(path: Path) -> nn.Sequential:
     slopes, which it renames, are matched by their order in the graph. ValueError when the file
     is not an encoder of this architecture.
     """
-    graph, weights = _onnx_graph(path)
+    graph, weights, _ = _onnx_file(path)
     encoder = _encoder()
     slopes = [n.input[1] for n in graph.node if n.op_type == "PRelu"]
     prelus = [name for name, m in encoder.named_modules() if isinstance(m, nn.PReLU)]
@@ -181,7 +182,7 @@ def head_feature_scale(head_onnx: Path) -> np.ndarray:
     """How strongly the exported head (FILE.head.onnx) weighs each encoder feature: float32
     (256,), |gamma| / sqrt(running_var + eps) of its input BatchNorm. ValueError when the head
     has no such layer."""
-    graph, weights = _onnx_graph(head_onnx)
+    graph, weights, _ = _onnx_file(head_onnx)
     prefix = "head.ppg.norm_in."
     norm = next((n for n in graph.node if n.op_type == "BatchNormalization"), None)
     if f"{prefix}running_var" not in weights or norm is None:
@@ -194,10 +195,7 @@ def head_feature_scale(head_onnx: Path) -> np.ndarray:
 def student_from_onnx(path: Path) -> nn.Sequential:
     """A ReLU student written by export_student, back as a PyTorch module in eval mode.
     ValueError when the file is not one."""
-    import onnx
-
-    _, weights = _onnx_graph(path)
-    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    _, weights, meta = _onnx_file(path)
     stride = int(meta.get("nbhr.first_stride", "1"))
     # The layout only: every weight is replaced by the file's.
     return _load_weights(relu_student(_encoder().eval(), stride), weights, path)
