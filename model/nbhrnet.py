@@ -20,6 +20,10 @@ from model.spectrum import bandpass, spectral_hr
 BUNDLED_MODEL = Path(__file__).parent / "data" / "nbhrnet.onnx"
 BUNDLED_NAME = "nbhrnet"
 BUNDLED_VERSION = "1"
+# The version its int8 encoder (int8_encoder_path) is registered under: a new one whenever that
+# file changes, so that a database holding an earlier one's windows keeps the two apart.
+# "1-int8" was the stride-1 ReLU student (until 2026-12-01); "1-int8.2" the stride-2 one.
+BUNDLED_INT8_VERSION = "1-int8.2"
 BUNDLED_CARD = Path(__file__).parent / "data" / "nbhrnet.json"
 
 

@@ -606,13 +606,14 @@ def register_and_plan(
 
 def _bundled_model(db_url: str) -> Path:
     """The NBHRnet that ships with nbhr (model/data/nbhrnet.onnx), registered on first use as
-    nbhrnet:1 with its card's metrics, and its int8 encoder as nbhrnet:1-int8, so that their
-    windows carry a name in `nbhr models list` and `nbhr evaluate --model nbhrnet:1`. A
-    database that already holds a file, or another model under that name and version, is left
-    as it is."""
+    nbhrnet:1 with its card's metrics, and its int8 encoder as nbhrnet:BUNDLED_INT8_VERSION,
+    so that their windows carry a name in `nbhr models list` and `nbhr evaluate --model
+    nbhrnet:1`. A database that already holds a file, or another model under that name and
+    version, is left as it is."""
     from db import queries
     from model.nbhrnet import (
         BUNDLED_CARD,
+        BUNDLED_INT8_VERSION,
         BUNDLED_MODEL,
         BUNDLED_NAME,
         BUNDLED_VERSION,
@@ -625,7 +626,7 @@ def _bundled_model(db_url: str) -> Path:
     versions = [(BUNDLED_VERSION, BUNDLED_MODEL, runner.sha256, card["metrics"])]
     if runner.int8_sha256 is not None:
         int8 = (int8_encoder_path(BUNDLED_MODEL), runner.int8_sha256, card.get("int8", {}))
-        versions.append((f"{BUNDLED_VERSION}-int8", *int8))
+        versions.append((BUNDLED_INT8_VERSION, *int8))
     with session_scope(open_db(db_url)) as s:
         for version, path, sha, metrics in versions:
             ref = f"{BUNDLED_NAME}:{version}"

@@ -15,6 +15,7 @@ import pytest
 
 from model.nbhrnet import (
     BUNDLED_CARD,
+    BUNDLED_INT8_VERSION,
     BUNDLED_MODEL,
     NBHRNetRunner,
     int8_encoder_path,
@@ -26,6 +27,7 @@ from tests.helpers import nbhr, nbhr_json
 # The paper's NBHR figure, which the card's target is; the held-out synthetic video here
 # measured about 1 bpm.
 PAPER_MAE_BPM = 3.97
+INT8 = f"nbhrnet:{BUNDLED_INT8_VERSION}"
 
 
 def test_the_card_describes_the_file() -> None:
@@ -72,17 +74,17 @@ def test_nbhrnet_runs_the_bundled_model_by_default(demo_archive: Path, default_r
     int8_key = hashlib.sha256(int8_encoder_path(BUNDLED_MODEL).read_bytes()).hexdigest()[:16]
     rows = nbhr_json("results", "--db", sqlite_url, "--estimator", "nbhrnet", "--format", "json")
     # Windows name their model by key, shown as its registered name.
-    assert {r["model"] for r in rows} == {"nbhrnet:1", "nbhrnet:1-int8"}
+    assert {r["model"] for r in rows} == {"nbhrnet:1", INT8}
 
     listed = nbhr_json("models", "list", "--db", sqlite_url, "--json")
     assert [(m["name"], m["version"], m["key"]) for m in listed] == [
         ("nbhrnet", "1", key),
-        ("nbhrnet", "1-int8", int8_key),
+        ("nbhrnet", BUNDLED_INT8_VERSION, int8_key),
     ]
     assert all("synthetic" in m["trained_on"] for m in listed)
     assert listed[0]["metrics"]["val_hr_mae_bpm"] < PAPER_MAE_BPM
 
-    for model in ("nbhrnet:1", "nbhrnet:1-int8"):
+    for model in ("nbhrnet:1", INT8):
         ev = _evaluate(sqlite_url, model)
         print(model, ev["overall"], ev["ppg_r_mean"])
         assert ev["overall"]["n"] == 16  # 2 recordings x 8 two-second windows with a face
@@ -101,15 +103,15 @@ def test_int8_encoder_stays_close_to_fp32(default_run: str) -> None:
         "results", "--db", default_run, "--estimator", "nbhrnet", "--format", "json"
     ):
         by_model.setdefault(r["model"], {})[(r["recording"], r["t_start"])] = r["hr_bpm"]
-    fp32, int8 = by_model["nbhrnet:1"], by_model["nbhrnet:1-int8"]
+    fp32, int8 = by_model["nbhrnet:1"], by_model[INT8]
     assert fp32.keys() == int8.keys()
     pairs = [(fp32[k], int8[k]) for k in fp32 if fp32[k] is not None]
     assert len(pairs) == 16 and all(int8[k] is None for k in fp32 if fp32[k] is None)
     diff = np.abs(np.diff(np.array(pairs), axis=1))
     print("int8 - fp32 |dHR| mean", diff.mean(), "max", diff.max())
     assert 0 < diff.mean() < 0.5
-    mae = {m: _evaluate(default_run, m)["overall"]["mae"] for m in ("nbhrnet:1", "nbhrnet:1-int8")}
-    assert abs(mae["nbhrnet:1-int8"] - mae["nbhrnet:1"]) <= 0.3
+    mae = {m: _evaluate(default_run, m)["overall"]["mae"] for m in ("nbhrnet:1", INT8)}
+    assert abs(mae[INT8] - mae["nbhrnet:1"]) <= 0.3
 
 
 def test_frames_encoded_once_give_the_whole_models_results() -> None:
@@ -140,8 +142,8 @@ def test_overlapping_windows_share_frame_features(
     dense = f"sqlite:///{tmp_path / 'b.sqlite'}"
     nbhr("run", demo_archive, "--db", dense, "--estimator", "nbhrnet", "--nbhrnet-hop-s", "0.5")
     coarse, fine = (
-        _nbhrnet_windows(base, "nbhrnet:1-int8"),
-        _nbhrnet_windows(dense, "nbhrnet:1-int8"),
+        _nbhrnet_windows(base, INT8),
+        _nbhrnet_windows(dense, INT8),
     )
     # Three 16-s recordings: 8 windows every 2 s, 29 every 0.5 s (the last starts at 14 s).
     assert len(coarse) == 3 * 8 and len(fine) == 3 * 29
@@ -161,8 +163,8 @@ def test_decoding_beside_inference_gives_the_same_windows(
     )
     assert "1 process(es) x 2 thread(s)" in out.stdout
     pooled, overlapped = (
-        _nbhrnet_windows(default_run, "nbhrnet:1-int8"),
-        _nbhrnet_windows(pg_url, "nbhrnet:1-int8"),
+        _nbhrnet_windows(default_run, INT8),
+        _nbhrnet_windows(pg_url, INT8),
     )
     assert len(pooled) == 3 * 8 and overlapped == pooled
     assert sum(hr is not None for hr in overlapped.values()) == 2 * 8
