@@ -15,11 +15,13 @@ from torch import nn
 
 from model.nbhrnet import (
     BUNDLED_MODEL,
+    CONV_FLOPS_PER_FRAME,
     NBHRNetRunner,
     companion_paths,
     int8_encoder_path,
     relu_encoder_path,
 )
+from nbhr.bench import encoder_conv_flops
 from tests.helpers import copy_bundled_model, nbhr, nbhr_json
 from training.distill import (
     _bn_affine,
@@ -216,5 +218,12 @@ def test_a_student_with_a_first_stride_of_two_is_distilled_quantised_and_run(
         if n.op_type in ("Conv", "QLinearConv")
     ]
     assert [list(s) for s in strides[:2]] == [[2, 2], [1, 1]]
+    # The bench credits it with what it computes: the first convolution (3 -> 32 channels,
+    # 3 x 3) at 64 x 64 outputs instead of 128 x 128, everything after it as before.
+    first_layer_at_full_size = 2 * 128 * 128 * 32 * 3 * 9
+    for path in (student, int8_encoder_path(model)):
+        saved = CONV_FLOPS_PER_FRAME - first_layer_at_full_size * 3 // 4
+        assert encoder_conv_flops(path) == saved
+    assert encoder_conv_flops(companion_paths(model)[0]) == CONV_FLOPS_PER_FRAME
     features = NBHRNetRunner(model, precision="int8").encode_frames(crops[:8])
     assert features.shape == (8, 256) and np.isfinite(features).all()
