@@ -95,6 +95,32 @@ def test_nbhrnet_runs_the_bundled_model_by_default(demo_archive: Path, default_r
     assert len(nbhr_json("models", "list", "--db", sqlite_url, "--json")) == 2
 
 
+def test_an_earlier_int8_encoders_windows_keep_their_own_name(sqlite_url: str) -> None:
+    """A database from before the int8 encoder last changed holds nbhrnet:1-int8 under the
+    earlier file's hash: the shipped one is registered beside it, under its own version, not
+    left as an unnamed key."""
+    from db import queries
+    from db.engine import session_scope
+    from nbhr.cli import _bundled_model, open_db
+
+    assert BUNDLED_INT8_VERSION != "1-int8"
+    with session_scope(open_db(sqlite_url)) as s:
+        earlier = "66bbff0194ffc3a178eaa030e9e45b10fc160adcd707645919ce07f47b48a548"
+        queries.register_model(
+            s, "nbhrnet", "1-int8", "/gone/nbhrnet.encoder.int8.onnx", earlier, {}
+        )
+    _bundled_model(sqlite_url)
+    listed = nbhr_json("models", "list", "--db", sqlite_url, "--json")
+    int8_sha = hashlib.sha256(int8_encoder_path(BUNDLED_MODEL).read_bytes()).hexdigest()
+    assert sorted((m["version"], m["key"]) for m in listed) == sorted(
+        [
+            ("1", NBHRNetRunner(BUNDLED_MODEL).sha256[:16]),
+            ("1-int8", earlier[:16]),
+            (BUNDLED_INT8_VERSION, int8_sha[:16]),
+        ]
+    )
+
+
 def test_int8_encoder_stays_close_to_fp32(default_run: str) -> None:
     """The quantised encoder is another model version, but the same heart rates within a
     fraction of a beat per minute, window by window (issue 6 allows 0.3 bpm of MAE)."""

@@ -222,8 +222,7 @@ def test_a_student_with_a_first_stride_of_two_is_distilled_quantised_and_run(
     # 3 x 3) at 64 x 64 outputs instead of 128 x 128, everything after it as before.
     first_layer_at_full_size = 2 * 128 * 128 * 32 * 3 * 9
     for path in (student, int8_encoder_path(model)):
-        saved = CONV_FLOPS_PER_FRAME - first_layer_at_full_size * 3 // 4
-        assert encoder_conv_flops(path) == saved
+        assert encoder_conv_flops(path) == CONV_FLOPS_PER_FRAME - first_layer_at_full_size * 3 // 4
     assert encoder_conv_flops(companion_paths(model)[0]) == CONV_FLOPS_PER_FRAME
     features = NBHRNetRunner(model, precision="int8").encode_frames(crops[:8])
     assert features.shape == (8, 256) and np.isfinite(features).all()
