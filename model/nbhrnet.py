@@ -15,6 +15,14 @@ import numpy as np
 from model.bands import Band
 from model.spectrum import bandpass, spectral_hr
 
+try:  # built by setup.py where a C compiler is (optional: OpenCV does the same work, slower)
+    from model._zscore import zscore as _zscore
+except ImportError:  # pragma: no cover - depends on the build
+    _zscore = None
+
+# Whether normalise_window z-scores uint8 crops in C (model._zscore) rather than with OpenCV.
+ZSCORE_BUILT = _zscore is not None
+
 # The model that ships with nbhr, trained with this project's own code (training/) on synthetic
 # neonatal video only: model/MODEL_CARD.md says on what, how well, and its limits.
 BUNDLED_MODEL = Path(__file__).parent / "data" / "nbhrnet.onnx"
@@ -88,17 +96,30 @@ def normalise_window(frames_rgb: np.ndarray) -> np.ndarray:
     Returns float32 (T, 3, H, W), channels first, each colour channel z-scored with its mean and
     standard deviation over all frames and pixels of the window (a channel whose standard
     deviation is below MIN_CHANNEL_STD comes out as zeros).
-    OpenCV does the work: its mean and standard deviation accumulate in float64, the colour
-    planes are split apart in one pass, and each is written as (x - mean) / std in float32
-    straight into its place in the channels-first output (about 25x faster than the same in
-    numpy, which cost workers 1.2 ms a frame; 0.04 ms a frame on the AMD machine, 0.09 on the
-    Intel one).
+    uint8 crops go through model._zscore where it was built (two passes: exact integer sums,
+    then every frame's planes written as x * (1 / std) - mean / std in float32), else through
+    OpenCV (_normalise_opencv); the two agree to float32 rounding (tests/test_nbhrnet.py).
+    Other dtypes take numpy (_normalise_any).
     """
     frames = np.ascontiguousarray(frames_rgb)
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames_rgb must be (T, H, W, 3), got {frames.shape}")
     if frames.dtype != np.uint8:
         return _normalise_any(frames)
+    if _zscore is None or frames.size == 0:
+        return _normalise_opencv(frames)
+    t, h, w, _ = frames.shape
+    out = np.empty((t, 3, h, w), np.float32)
+    _zscore(frames, t, MIN_CHANNEL_STD, out)
+    return out
+
+
+def _normalise_opencv(frames: np.ndarray) -> np.ndarray:
+    """normalise_window for C-contiguous uint8 frames, with OpenCV: its mean and standard
+    deviation accumulate in float64, the colour planes are split apart in one pass, and each
+    is written as (x - mean) / std in float32 straight into its place in the channels-first
+    output (about 25x faster than numpy, which cost workers 1.2 ms a frame; 0.04 ms a frame on
+    the AMD machine, 0.09 on the Intel one, where model._zscore takes a fraction of that)."""
     t, h, w, _ = frames.shape
     out = np.empty((t, 3, h, w), np.float32)
     if frames.size == 0:

@@ -1,5 +1,6 @@
 """NBHRnet: shapes, size and cost against the paper, ONNX export run by the torch-free runner."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from model.nbhrnet import CONV_FLOPS_PER_FRAME, NBHRNetRunner, normalise_window
+import model.nbhrnet as nbhrnet_module
+from model.nbhrnet import (
+    CONV_FLOPS_PER_FRAME,
+    MIN_CHANNEL_STD,
+    ZSCORE_BUILT,
+    NBHRNetRunner,
+    normalise_window,
+)
 from training.export import export_onnx
 from training.nbhrnet import (
     FRAMES,
@@ -150,13 +158,70 @@ def test_inference_module_does_not_import_torch() -> None:
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
-def test_normalise_window_matches_the_plain_numpy_definition() -> None:
-    """The OpenCV path gives what (x - mean) / std in float64 gives, to float32 rounding, and
-    other dtypes take the numpy path to the same result."""
-    rng = np.random.default_rng(3)
-    frames = rng.integers(0, 256, size=(FRAMES, SIZE, SIZE, 3), dtype=np.uint8)
+def _zscored_in_float64(frames: np.ndarray) -> np.ndarray:
     x = frames.astype(np.float64)
-    want = (x - x.mean(axis=(0, 1, 2))) / x.std(axis=(0, 1, 2))
-    want = want.transpose(0, 3, 1, 2)
-    np.testing.assert_allclose(normalise_window(frames), want, atol=2e-6)
-    np.testing.assert_allclose(normalise_window(frames.astype(np.float32)), want, atol=2e-6)
+    std = np.maximum(x.std(axis=(0, 1, 2)), MIN_CHANNEL_STD)
+    return ((x - x.mean(axis=(0, 1, 2))) / std).transpose(0, 3, 1, 2)
+
+
+@pytest.fixture
+def zscore_kernel():
+    """model._zscore's function; optional for users (setup.py), CI must have built it."""
+    if not ZSCORE_BUILT:
+        if os.environ.get("CI") == "true":
+            pytest.fail("model._zscore was not built (needs a C compiler)")
+        pytest.skip("model._zscore not built here")
+    from model._zscore import zscore
+
+    return zscore
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (FRAMES, SIZE, SIZE, 3),
+        (1, 5, 7, 3),  # 35 pixels: the C kernel's 16-pixel lanes and its remainder
+        (2, 1, 1, 3),
+        (3, 40, 50, 3),  # 2,000 pixels a frame: more than one 1,024-pixel chunk
+    ],
+)
+def test_normalise_window_matches_the_plain_numpy_definition(shape, monkeypatch) -> None:
+    """The C kernel (where built), the OpenCV path and, for other dtypes, the numpy path all
+    give what (x - mean) / std in float64 gives, to float32 rounding; a flat channel gives
+    zeros every way."""
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    frames[..., 1] = 200
+    want = _zscored_in_float64(frames)
+    assert not want[:, 1].any()
+    got = {"default": normalise_window(frames)}
+    got["numpy"] = normalise_window(frames.astype(np.float32))
+    got["strided input"] = normalise_window(np.repeat(frames, 2, axis=2)[:, :, ::2])
+    monkeypatch.setattr(nbhrnet_module, "_zscore", None)
+    got["opencv"] = normalise_window(frames)
+    for way, x in got.items():
+        assert x.shape == want.shape and x.dtype == np.float32, way
+        np.testing.assert_allclose(x, want, atol=2e-6, err_msg=way)
+        assert not x[:, 1].any(), way
+
+
+def test_zscore_kernel_agrees_with_opencv_and_checks_its_buffers(zscore_kernel) -> None:
+    """On real-looking crops (smooth, channels of different spread) the C kernel writes what
+    the OpenCV path writes, to one float32 rounding step, and refuses buffers that do not fit
+    instead of reading or writing past them."""
+    rng = np.random.default_rng(8)
+    base = rng.normal(120, 30, size=(FRAMES, 1, 1, 3)) + rng.normal(0, 4, (FRAMES, SIZE, SIZE, 3))
+    frames = np.clip(base, 0, 255).astype(np.uint8)
+    out = np.full((FRAMES, 3, SIZE, SIZE), np.nan, np.float32)
+    zscore_kernel(frames, FRAMES, MIN_CHANNEL_STD, out)
+    np.testing.assert_allclose(out, nbhrnet_module._normalise_opencv(frames), atol=3e-7)
+    with pytest.raises(ValueError, match="float32"):
+        zscore_kernel(frames, FRAMES, MIN_CHANNEL_STD, out[:-1])
+    with pytest.raises(ValueError, match="frames"):
+        zscore_kernel(frames[:, :, :, :2].copy(), FRAMES, MIN_CHANNEL_STD, out)
+    with pytest.raises(ValueError, match="frames"):
+        zscore_kernel(frames, 0, MIN_CHANNEL_STD, out)
+    with pytest.raises(TypeError):  # a strided view is no C-contiguous buffer
+        zscore_kernel(frames, FRAMES, MIN_CHANNEL_STD, out[:, :, :, ::2])
+    with pytest.raises(ValueError, match="min_std"):
+        zscore_kernel(frames, FRAMES, 0.0, out)
