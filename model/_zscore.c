@@ -27,7 +27,7 @@
 #define VECTOR_CLONES
 #endif
 
-/* Pixels summed into 32-bit lanes before they are moved to 64 bits: 255^2 * LANE_RUN < 2^32. */
+/* Values each 32-bit lane adds up before it is moved to 64 bits: 255^2 * LANE_RUN < 2^32. */
 #define LANE_RUN 4096
 /* Pixels split into channel planes at a time (a few kB on the stack, in L1). */
 #define CHUNK 1024
@@ -40,9 +40,9 @@ static void channel_sums(const uint8_t *p, size_t n, uint64_t sum[3], uint64_t s
     size_t i = 0;
     while (n - i >= 16) {
         uint32_t a[48] = {0}, b[48] = {0};
-        size_t run = (n - i) / 16;
-        if (run > LANE_RUN / 16)
-            run = LANE_RUN / 16;
+        size_t run = (n - i) / 16; /* 16 pixels a step, one value of each lane */
+        if (run > LANE_RUN)
+            run = LANE_RUN;
         for (size_t r = 0; r < run; r++, i += 16) {
             const uint8_t *px = p + 3 * i;
             for (int k = 0; k < 48; k++) {
@@ -115,7 +115,7 @@ static PyObject *zscore(PyObject *self, PyObject *args)
         return NULL;
     /* y* and w* take only C-contiguous buffers (a strided array is a TypeError). */
     const char *problem = NULL;
-    if (frames <= 0 || src.len == 0 || src.len % (3 * frames) != 0)
+    if (frames <= 0 || src.len == 0 || frames > src.len / 3 || src.len % (3 * frames) != 0)
         problem = "src must hold frames x H x W x 3 bytes, frames > 0";
     else if (out.len != (Py_ssize_t)sizeof(float) * src.len)
         problem = "out must hold one float32 for each byte of src";

@@ -118,8 +118,9 @@ def _normalise_opencv(frames: np.ndarray) -> np.ndarray:
     """normalise_window for C-contiguous uint8 frames, with OpenCV: its mean and standard
     deviation accumulate in float64, the colour planes are split apart in one pass, and each
     is written as (x - mean) / std in float32 straight into its place in the channels-first
-    output (about 25x faster than numpy, which cost workers 1.2 ms a frame; 0.04 ms a frame on
-    the AMD machine, 0.09 on the Intel one, where model._zscore takes a fraction of that)."""
+    output (about 25x faster than numpy, which cost workers 1.2 ms a frame: 0.04 ms a frame on
+    the AMD machines, 0.09-0.13 on the Intel one; model._zscore took half of that or less in
+    the pipeline on the Zen 5, docs/performance.md)."""
     t, h, w, _ = frames.shape
     out = np.empty((t, 3, h, w), np.float32)
     if frames.size == 0:
