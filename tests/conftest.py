@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -18,6 +19,14 @@ PG_ADMIN_URL = os.environ.get(
     "NBHR_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 IN_CI = os.environ.get("CI") == "true"
+
+
+def missing(in_ci: str, elsewhere: str) -> NoReturn:
+    """Something a test needs is not on this machine: a failure in CI, which must have it
+    (.ci/run installs or builds it), a skip elsewhere."""
+    if IN_CI:
+        pytest.fail(in_ci)
+    pytest.skip(elsewhere)
 
 
 def _pg_available() -> str | None:
@@ -76,9 +85,10 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA / "bias_eval").is_dir():
-        if IN_CI:
-            pytest.fail(f"{SHARED_DATA} is missing; CI needs the shared recordings")
-        pytest.skip(f"{SHARED_DATA} not present")
+        missing(
+            f"{SHARED_DATA} is missing; CI needs the shared recordings",
+            f"{SHARED_DATA} not present",
+        )
     return SHARED_DATA
 
 

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 
 from nbhr.report import COMPARISON
-from tests.conftest import IN_CI
+from tests.conftest import missing
 from tests.helpers import nbhr, nbhr_json
 
 ESTIMATORS = ("pos", "green")
@@ -26,9 +25,10 @@ def _chromium() -> str:
         found = shutil.which(name)
         if found:
             return found
-    if IN_CI:
-        pytest.fail("Chromium is required in CI (.ci/run installs Debian's chromium package)")
-    pytest.skip("no Chromium on this machine (apt-get install chromium)")
+    missing(
+        "Chromium is required in CI (.ci/run installs Debian's chromium package)",
+        "no Chromium on this machine (apt-get install chromium)",
+    )
 
 
 def _render(html_file: Path, out_png: Path, height: int) -> str:
