@@ -221,10 +221,13 @@ def face_frames(face_videos: list[Path], n: int) -> np.ndarray:
     """`n` normalised 128x128 face crops cut from the videos as workers cut them (repeated when
     the videos hold fewer). Timings need real crops: on random frames onnxruntime's PRelu
     runs about 1.5x slower (its per-element branch mispredicts on random signs), which once
-    made inference alone look dearer than the whole pipeline."""
+    made inference alone look dearer than the whole pipeline. Only the first 2n/30 + 4 s of
+    each video are read (twice what n frames at 30 fps take, for stretches without a face),
+    so a long recording is not held whole."""
     from training.quantize import calibration_frames
 
-    frames = calibration_frames(face_videos, max_frames=n, stride=1).frames
+    seconds = 2 * n / 30 + 4
+    frames = calibration_frames(face_videos, max_frames=n, stride=1, seconds=seconds).frames
     return np.resize(frames, (n, *frames.shape[1:]))
 
 
@@ -813,6 +816,25 @@ def nbhrnet_run_options(model: Path) -> ProcessingOptions:
         model_int8_sha256=runner.int8_sha256 if int8 else None,
         decode_min_width=DETECT_WIDTH,
     )
+
+
+# The most video `nbhr bench DIR` takes by default (--max-video-min): run_bench reads the
+# archive 7 times over (21 with a model: end to end in each layout and round, tracking, the
+# pipeline's overhead, two hops) and bench_entropy_floor holds an MJPEG video's packets.
+BENCH_MAX_VIDEO_MIN = 15.0
+
+
+def archive_video_min(archive: Path) -> float:
+    """Minutes of video under `archive`, as probe reads them (files it cannot read count 0)."""
+    from worker.video import VideoError
+
+    seconds = 0.0
+    for v in find_videos(archive):
+        try:
+            seconds += probe(v).duration_s
+        except VideoError:
+            continue
+    return seconds / 60
 
 
 def run_bench(archive: Path | None, workers: int, model: Path | None = None) -> dict[str, Any]:

@@ -1592,12 +1592,36 @@ main.add_command(quantize_command)
     default=None,
     help="An NBHRnet ONNX file: also time it per window and run --estimator nbhrnet end to end.",
 )
+@click.option(
+    "--max-video-min",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Refuse a DIR holding more video than this many minutes (default 15).",
+)
 @click.option("--json", "as_json", is_flag=True)
-def bench(directory: Path | None, workers: int, model: Path | None, as_json: bool) -> None:
+def bench(
+    directory: Path | None,
+    workers: int,
+    model: Path | None,
+    max_video_min: float | None,
+    as_json: bool,
+) -> None:
     """Measure decode, face detection, estimators and end-to-end speed (default: on a fresh
-    small demo archive); with --model, NBHRnet's onnxruntime cost and its end-to-end speed."""
-    from nbhr.bench import run_bench
+    small demo archive); with --model, NBHRnet's onnxruntime cost and its end-to-end speed.
+    DIR should be a sample (the README's figures come from 6.5 minutes of video): the bench
+    reads it 7 times over, more than 20 with --model, in several layouts and settings."""
+    from nbhr.bench import BENCH_MAX_VIDEO_MIN, archive_video_min, run_bench
 
+    if directory is not None:
+        limit = BENCH_MAX_VIDEO_MIN if max_video_min is None else max_video_min
+        minutes = archive_video_min(directory)
+        if minutes > limit:
+            raise click.ClickException(
+                f"{directory} holds {minutes:.1f} min of video, more than --max-video-min "
+                f"{limit:g}: the bench reads its archive 7 times over (more than 20 with "
+                "--model) and holds each MJPEG video's packets in memory. Bench a folder of a "
+                "few short recordings (symbolic links will do), or raise --max-video-min."
+            )
     result = run_bench(directory, workers, model)
     if as_json:
         click.echo(json.dumps(result, indent=1))

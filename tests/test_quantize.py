@@ -85,3 +85,13 @@ def test_quantize_command_and_precision_option(
     out = nbhr("quantize", model, bad, check=False)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert f"Error: {bad}: not a video" in out.stderr
+
+
+def test_calibration_reads_only_the_seconds_asked(face_videos: list[Path]) -> None:
+    """nbhr bench's face_frames asks for a few seconds, so a long recording is not held whole;
+    what it gets is the start of what the whole video gives (blocks are normalised apart)."""
+    whole = calibration_frames(face_videos[:1], max_frames=10_000, stride=1)
+    first = calibration_frames(face_videos[:1], max_frames=10_000, stride=1, seconds=4.5)
+    assert len(whole.frames) == 480  # 16 s at 30 fps, a face throughout: eight blocks
+    assert len(first.frames) == 120  # 4.5 s: the two whole 60-frame blocks in it
+    np.testing.assert_array_equal(first.frames, whole.frames[:120])

@@ -32,6 +32,7 @@ equalise a ReLU student (both in the `train` extra).
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -70,12 +71,18 @@ class Calibration:
 
 
 def calibration_frames(
-    videos: Sequence[Path], roi: str = "face", max_frames: int = 600, stride: int = 6
+    videos: Sequence[Path],
+    roi: str = "face",
+    max_frames: int = 600,
+    stride: int = 6,
+    seconds: float | None = None,
 ) -> Calibration:
     """Face crops of `videos` through the workers' path: every `stride`-th 30-fps frame of the
     60-frame blocks with a face in every frame, normalised block by block as workers do, up to
-    `max_frames` frames spread over the videos in turn. ValueError when a video cannot be read
-    or none has a face."""
+    `max_frames` frames spread over the videos in turn. seconds: read only each video's first
+    `seconds` (None: all of it; every crop of a video is held until it is normalised, 49 KB a
+    frame, 5 GB for an hour at 30 fps). ValueError when a video cannot be read or none has a
+    face."""
     from worker.crops import resample_indices
     from worker.process import extract_trace
     from worker.video import VideoError, probe
@@ -86,7 +93,10 @@ def calibration_frames(
         crops: list[np.ndarray | None] = []
         try:
             info = probe(path)
-            extract_trace(path, 0, info.n_frames, roi, info.fps, on_crop=crops.append, colour=False)
+            stop = info.n_frames
+            if seconds is not None:
+                stop = min(stop, math.ceil(seconds * info.fps))
+            extract_trace(path, 0, stop, roi, info.fps, on_crop=crops.append, colour=False)
         except VideoError as exc:
             raise ValueError(f"{path}: {exc}") from None
         frames = [crops[i] for i in resample_indices(len(crops), info.fps)]
