@@ -33,7 +33,7 @@ from scheduler.plan import plan_job
 from worker.faces import DETECT_WIDTH, Box, FaceDetector, skin_mean
 from worker.options import ProcessingOptions
 from worker.process import crop_decode_width, init_process
-from worker.video import PART_DECODING, iter_frames, probe
+from worker.video import PART_DECODING, VideoError, iter_frames, probe
 
 
 def _children_cpu() -> float:
@@ -818,16 +818,13 @@ def nbhrnet_run_options(model: Path) -> ProcessingOptions:
     )
 
 
-# The most video `nbhr bench DIR` takes by default (--max-video-min): run_bench reads the
-# archive 7 times over (21 with a model: end to end in each layout and round, tracking, the
-# pipeline's overhead, two hops) and bench_entropy_floor holds an MJPEG video's packets.
+# The most video `nbhr bench DIR` takes unless --max-video-min says otherwise (the command's
+# help says why).
 BENCH_MAX_VIDEO_MIN = 15.0
 
 
 def archive_video_min(archive: Path) -> float:
     """Minutes of video under `archive`, as probe reads them (files it cannot read count 0)."""
-    from worker.video import VideoError
-
     seconds = 0.0
     for v in find_videos(archive):
         try:
