@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from pathlib import Path
 import pytest
 import redis
 from sqlalchemy import create_engine, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from db import queries
@@ -144,6 +146,39 @@ def all_done(db_url: str) -> bool:
     return bool(states) and all(s in ("done", "failed") for s, _, _ in states.values())
 
 
+class MidRunWatch:
+    """Polls the database's latest job in a thread of its own, every 20 ms, from before it
+    exists (a database not set up yet counts as no job) until it has seen the job with a
+    segment done and video left: `seen`, that job_progress, else None."""
+
+    def __init__(self, db_url: str) -> None:
+        self.seen: dict | None = None
+        self._engine = create_engine(db_url)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with Session(self._engine) as s:
+                    job = queries.job_progress(s)
+            except DBAPIError:  # the tables are not there yet
+                job = None
+            if job is not None and job["video_s_left"] > 0 and job["segments"]["done"] >= 1:
+                self.seen = job
+                return
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> MidRunWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._engine.dispose()
+
+
 def wait_ready(workers: Workers, *names: str) -> None:
     """Until each named worker consumes its queue (Celery logs "<name>@<host> ready.")."""
     wait_for(
@@ -194,22 +229,21 @@ def test_two_workers_write_what_the_local_run_writes(
     workers.start("b")
     # Both consume before the job is published: each is handed a segment (prefetch 1).
     wait_ready(workers, "a", "b")
-    enqueue(demo_archive, pg_url, broker, queue)
-    # While it runs: an ETA once a segment is done and others are left.
-    eng = create_engine(pg_url)
 
-    def mid_run() -> dict | None:
-        with Session(eng) as s:
-            job = queries.job_progress(s)
-        left = job is not None and job["video_s_left"] > 0
-        return job if left and job["segments"]["done"] >= 1 else None
+    def logs() -> str:
+        return workers.log("a") + workers.log("b")
 
-    job = wait_for(mid_run, JOB_TIMEOUT_S, "a job half done", lambda: workers.log("a"))
+    # While it runs: an ETA once a segment is done and others are left. The job's few seconds
+    # of work start as `nbhr enqueue` publishes it, before that command has exited, so the
+    # progress is watched from a thread started before it (a look after it returned once
+    # came after the last segment, and waited for a half-done job that had ended).
+    with MidRunWatch(pg_url) as watch:
+        enqueue(demo_archive, pg_url, broker, queue)
+        job = wait_for(lambda: watch.seen, JOB_TIMEOUT_S, "a job half done", logs)
+        during = json.loads(nbhr("status", "--db", pg_url, "--json").stdout)
     assert job["eta_s"] > 0 and job["video_s_per_s"] > 0
-    during = json.loads(nbhr("status", "--db", pg_url, "--json").stdout)
     assert during["job"]["job_id"] == job["job_id"]
-    wait_for(lambda: all_done(pg_url), JOB_TIMEOUT_S, "the job", lambda: workers.log("a"))
-    eng.dispose()
+    wait_for(lambda: all_done(pg_url), JOB_TIMEOUT_S, "the job", logs)
     assert window_keys(pg_url) == local_windows
     states = segment_states(pg_url)
     assert {s for s, _, _ in states.values()} == {"done"}
