@@ -29,4 +29,6 @@ python3 -m venv .venv
 # empties one Redis database before each of its tests, so its tests must not run beside each
 # other. On the 2-core CI machine: 11:22 against 15:00 for the suite in one process (Intel
 # Xeon, 2026-12-01). NBHR_TEST_PROCESSES=0 runs it in this one process, as before.
-.venv/bin/python -m pytest -q --durations=15 -n "${NBHR_TEST_PROCESSES:-2}" --dist loadfile "$@"
+# --no-loadscope-reorder: files are handed out in tests/conftest.py's order, longest first.
+.venv/bin/python -m pytest -q --durations=15 -n "${NBHR_TEST_PROCESSES:-2}" --dist loadfile \
+  --no-loadscope-reorder "$@"
