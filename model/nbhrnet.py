@@ -223,7 +223,7 @@ class NBHRNetRunner:
         # threads count too, and only the process's time holds them.
         return time.thread_time() if self.threads == 1 else time.process_time()
 
-    def _open(self, path: Path) -> Any:
+    def _open(self, path: Path, mem_pattern: bool = True) -> Any:
         # Imported here so that importing this module stays cheap for workers that only run
         # the classical estimators.
         import onnxruntime as ort
@@ -234,11 +234,19 @@ class NBHRNetRunner:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.enable_mem_pattern = mem_pattern
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def _get_session(self) -> Any:
+        # The whole graph without onnxruntime's memory pattern: the pattern, planned on a first
+        # run, asks the arena on the second for one block the size of all that run's
+        # activations, which the arena holds beside the first run's: 8 windows at once took
+        # RSS from 2.8 to 4.8 GB on their second run, 0.8 GB for 1 window (2.6 and 0.66 GB
+        # without it), at the same speed (best of 5 alternating runs of 2 windows: 0.428
+        # against 0.437 CPU s a window, AMD Zen 4) and to the same outputs. The per-frame
+        # encoder's and the head's inputs are small; they keep it.
         if self._session is None:
-            self._session = self._open(self.path)
+            self._session = self._open(self.path, mem_pattern=False)
         return self._session
 
     @cached_property
@@ -332,8 +340,8 @@ class NBHRNetRunner:
         windows: float32 array (N, T, 3, H, W), each window from normalise_window; T, H, W as the
             model was exported (60, 128, 128).
         batch_size: windows per onnxruntime call; bounds memory, which grows by about 260 MB
-            per window in a batch (measured peak RSS: 0.35 GB at batch 1, 2.2 GB at batch 8),
-            while batching gains little speed on the CPU.
+            per window in a batch (peak RSS of a script that ran a batch twice: 0.66 GB at
+            batch 1, 2.6 GB at batch 8), while batching gains little speed on the CPU.
         Returns hr_bpm: float32 (N,), beats per minute; ppg: float32 (N, T), arbitrary units >= 0.
         """
         session = self._get_session()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -22,6 +24,7 @@ from model.nbhrnet import (
     normalise_blocks,
     normalise_window,
 )
+from tests.conftest import REPO
 from tests.helpers import nbhr, nbhr_json
 
 # The paper's NBHR figure, which the card's target is; the held-out synthetic video here
@@ -153,6 +156,28 @@ def test_frames_encoded_once_give_the_whole_models_results() -> None:
     )
     np.testing.assert_allclose(hr, whole_hr, atol=1e-3)
     np.testing.assert_allclose(ppg, whole_ppg, atol=1e-5)
+
+
+def test_a_batch_run_again_takes_no_more_memory() -> None:
+    """The whole graph's second run of a batch needs no memory beyond its first's: with
+    onnxruntime's memory pattern it took one more block the size of all the batch's
+    activations (about 260 MB a window) beside the arena's chunks (NBHRNetRunner._get_session).
+    Peak RSS of a fresh process after each run."""
+    script = (
+        "import resource, numpy as np\n"
+        "from model.nbhrnet import BUNDLED_MODEL, NBHRNetRunner\n"
+        "runner = NBHRNetRunner(BUNDLED_MODEL)\n"
+        "x = np.random.default_rng(0).standard_normal((2, 60, 3, 128, 128), np.float32)\n"
+        "for _ in range(2):\n"
+        "    runner.predict(x, batch_size=2)\n"
+        "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    first, second = map(int, out.stdout.split())
+    assert first > 400  # the batch's activations are there to be counted
+    assert second - first < 100, f"peak RSS {first} MB after the first run, {second} after"
 
 
 def _nbhrnet_windows(url: str, model: str) -> dict[tuple[str, float], float | None]:
