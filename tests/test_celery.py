@@ -149,13 +149,20 @@ def all_done(db_url: str) -> bool:
 class MidRunWatch:
     """Polls the database's latest job in a thread of its own, every 20 ms, from before it
     exists (a database not set up yet counts as no job) until it has seen the job with a
-    segment done and video left: `seen`, that job_progress, else None."""
+    segment done and video left: `seen()` gives that job_progress, else None, and raises
+    what ended the thread otherwise."""
 
     def __init__(self, db_url: str) -> None:
-        self.seen: dict | None = None
+        self._seen: dict | None = None
+        self._error: Exception | None = None
         self._engine = create_engine(db_url)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def seen(self) -> dict | None:
+        if self._error is not None:
+            raise self._error
+        return self._seen
 
     def _poll(self) -> None:
         while not self._stop.is_set():
@@ -164,8 +171,11 @@ class MidRunWatch:
                     job = queries.job_progress(s)
             except DBAPIError:  # the tables are not there yet
                 job = None
+            except Exception as exc:  # noqa: BLE001 - handed to the test by seen()
+                self._error = exc
+                return
             if job is not None and job["video_s_left"] > 0 and job["segments"]["done"] >= 1:
-                self.seen = job
+                self._seen = job
                 return
             self._stop.wait(0.02)
 
@@ -239,7 +249,7 @@ def test_two_workers_write_what_the_local_run_writes(
     # came after the last segment, and waited for a half-done job that had ended).
     with MidRunWatch(pg_url) as watch:
         enqueue(demo_archive, pg_url, broker, queue)
-        job = wait_for(lambda: watch.seen, JOB_TIMEOUT_S, "a job half done", logs)
+        job = wait_for(watch.seen, JOB_TIMEOUT_S, "a job half done", logs)
         during = json.loads(nbhr("status", "--db", pg_url, "--json").stdout)
     assert job["eta_s"] > 0 and job["video_s_per_s"] > 0
     assert during["job"]["job_id"] == job["job_id"]
