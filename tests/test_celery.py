@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -146,49 +145,6 @@ def all_done(db_url: str) -> bool:
     return bool(states) and all(s in ("done", "failed") for s, _, _ in states.values())
 
 
-class MidRunWatch:
-    """Polls the database's latest job in a thread of its own, every 20 ms, from before it
-    exists (a database not set up yet counts as no job) until it has seen the job with a
-    segment done and video left: `seen()` gives that job_progress, else None, and raises
-    what ended the thread otherwise."""
-
-    def __init__(self, db_url: str) -> None:
-        self._seen: dict | None = None
-        self._error: Exception | None = None
-        self._engine = create_engine(db_url)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-
-    def seen(self) -> dict | None:
-        if self._error is not None:
-            raise self._error
-        return self._seen
-
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            try:
-                with Session(self._engine) as s:
-                    job = queries.job_progress(s)
-            except DBAPIError:  # the tables are not there yet
-                job = None
-            except Exception as exc:  # noqa: BLE001 - handed to the test by seen()
-                self._error = exc
-                return
-            if job is not None and job["video_s_left"] > 0 and job["segments"]["done"] >= 1:
-                self._seen = job
-                return
-            self._stop.wait(0.02)
-
-    def __enter__(self) -> MidRunWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._engine.dispose()
-
-
 def wait_ready(workers: Workers, *names: str) -> None:
     """Until each named worker consumes its queue (Celery logs "<name>@<host> ready.")."""
     wait_for(
@@ -228,8 +184,15 @@ def local_windows(demo_archive: Path, tmp_path_factory: pytest.TempPathFactory) 
     return window_keys(url)
 
 
+def enqueue_args(archive: Path, db_url: str, broker_url: str, queue: str) -> list[str]:
+    return [
+        *map(str, ("enqueue", archive, "--db", db_url, "--broker", broker_url, "--queue", queue)),
+        *PLAN,
+    ]
+
+
 def enqueue(archive: Path, db_url: str, broker_url: str, queue: str) -> None:
-    nbhr("enqueue", archive, "--db", db_url, "--broker", broker_url, "--queue", queue, *PLAN)
+    nbhr(*enqueue_args(archive, db_url, broker_url, queue))
 
 
 def test_two_workers_write_what_the_local_run_writes(
@@ -245,15 +208,36 @@ def test_two_workers_write_what_the_local_run_writes(
 
     # While it runs: an ETA once a segment is done and others are left. The job's few seconds
     # of work start as `nbhr enqueue` publishes it, before that command has exited, so the
-    # progress is watched from a thread started before it (a look after it returned once
-    # came after the last segment, and waited for a half-done job that had ended).
-    with MidRunWatch(pg_url) as watch:
-        enqueue(demo_archive, pg_url, broker, queue)
-        job = wait_for(watch.seen, JOB_TIMEOUT_S, "a job half done", logs)
-        during = json.loads(nbhr("status", "--db", pg_url, "--json").stdout)
+    # progress is watched while the command runs (a look after it returned once came after
+    # the last segment, and waited for a half-done job that had ended).
+    enqueuing = subprocess.Popen(
+        [*NBHR, *enqueue_args(demo_archive, pg_url, broker, queue)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    eng = create_engine(pg_url)
+
+    def mid_run() -> dict | None:
+        if enqueuing.poll() not in (None, 0):
+            output = enqueuing.stdout.read() if enqueuing.stdout else ""
+            raise AssertionError(f"nbhr enqueue exited {enqueuing.returncode}\n{output}")
+        try:
+            with Session(eng) as s:
+                job = queries.job_progress(s)
+        except DBAPIError:  # enqueue has not set the database up yet
+            return None
+        left = job is not None and job["video_s_left"] > 0
+        return job if left and job["segments"]["done"] >= 1 else None
+
+    job = wait_for(mid_run, JOB_TIMEOUT_S, "a job half done", logs)
+    out, _ = enqueuing.communicate(timeout=60)
+    assert enqueuing.returncode == 0, out
     assert job["eta_s"] > 0 and job["video_s_per_s"] > 0
+    during = json.loads(nbhr("status", "--db", pg_url, "--json").stdout)
     assert during["job"]["job_id"] == job["job_id"]
     wait_for(lambda: all_done(pg_url), JOB_TIMEOUT_S, "the job", logs)
+    eng.dispose()
     assert window_keys(pg_url) == local_windows
     states = segment_states(pg_url)
     assert {s for s, _, _ in states.values()} == {"done"}
