@@ -91,7 +91,7 @@ def bench_tracking(
     face's rows of an uncompressed AVI; the face's part of each MJPEG frame, decoded by
     worker._jpegpart where it was built). Run alternately `pairs` times in this process;
     CPU ms a frame, the lowest of the runs (this project's machines are shared and noisy).
-    For MJPEG with the part decoder, also the entropy floor (bench_entropy_floor)."""
+    For MJPEG with the part decoder, also the entropy floors (bench_entropy_floor)."""
     from worker.crops import face_crop
     from worker.track import tracked_frames
 
@@ -120,9 +120,8 @@ def bench_tracking(
         "speedup": whole / parts,
         "part_decoder_built": PART_DECODING,
     }
-    floor = bench_entropy_floor(videos, widths, boxes) if PART_DECODING else None
-    if floor is not None:
-        out["ms_per_frame_entropy_floor"] = floor
+    if PART_DECODING:
+        out |= bench_entropy_floor(videos, widths, boxes) or {}
     return out
 
 
@@ -130,44 +129,54 @@ def bench_entropy_floor(
     videos: list[Path],
     widths: dict[Path, int | None] | None,
     boxes: dict[Path, dict[int, Box | None]],
-) -> float | None:
+) -> dict[str, float] | None:
     """CPU ms a frame of reading each MJPEG frame's entropy-coded data down to its face's last
-    row: libjpeg asked for a strip 8 rows high at the bottom of crop_region(box), so that the
-    rows above are only entropy-decoded and skipped, and nothing else of the frame is
-    decoded. Baseline JPEG without restart markers (these files have none) must be read that
-    far, bit by bit, by any decoder before the face's pixels can be had, so this is what no
-    pipeline that crops the face can go below. boxes: each video's frame index -> box, as
-    tracked_frames gives them (bench_tracking collects them as it times the parts). The
-    lowest of 3 passes over each video's packets (held in memory, one video at a time); None
-    for other codecs."""
+    row (`ms_per_frame_entropy_floor`): libjpeg asked for a strip 8 rows high at the bottom of
+    crop_region(box), so that the rows above are only entropy-decoded and skipped, and nothing
+    else of the frame is decoded. Baseline JPEG without restart markers (these files have
+    none) must be read that far, bit by bit, by any decoder before the face's pixels can be
+    had, so this is what no pipeline that crops the face can go below. Also the same down to
+    the face's first row only (`ms_per_frame_entropy_above_face`, a strip at the top of
+    crop_region): the difference is the entropy-coded data of the face's own rows, which even
+    a decoder that skipped the rows above unread (restart markers, or an infinitely fast
+    skip) would have to decode. boxes: each video's frame index -> box, as tracked_frames
+    gives them (bench_tracking collects them as it times the parts). The lowest of 3 passes
+    over each video's packets (held in memory, one video at a time); None for other codecs."""
     from worker._jpegpart import decode_part
 
     from worker.crops import crop_region
     from worker.video import MjpegPackets
 
-    cpu = 0.0  # the lowest of 3 passes over each video, summed
+    cpu = {"bottom": 0.0, "top": 0.0}  # the lowest of 3 passes over each video, summed
     n_frames = 0
     for v in videos:
         packets = MjpegPackets.open(v, 0, probe(v).n_frames, (widths or {}).get(v))
         if packets is None:
             return None
         height, width, _ = packets.shape
-        strips = []  # (packet, strip) of every frame with a box
+        strips: dict[str, list] = {"bottom": [], "top": []}  # (packet, strip) of each face
         for index, packet in packets:
             box = boxes[v].get(index)
             if box is not None:
-                x0, _, x1, y1 = crop_region(box, width, height)
-                strips.append((packet, (x0, max(y1 - 8, 0), x1, y1)))
+                x0, y0, x1, y1 = crop_region(box, width, height)
+                strips["bottom"].append((packet, (x0, max(y1 - 8, 0), x1, y1)))
+                strips["top"].append((packet, (x0, y0, x1, min(y0 + 8, y1))))
         out = np.empty(packets.shape, np.uint8)
-        runs = []
-        for _ in range(3):
-            with _Clock() as c:
-                for packet, strip in strips:
-                    decode_part(packet, packets.scale, *strip, out)
-            runs.append(c.cpu)
-        cpu += min(runs)
+        for edge, jobs in strips.items():
+            runs = []
+            for _ in range(3):
+                with _Clock() as c:
+                    for packet, strip in jobs:
+                        decode_part(packet, packets.scale, *strip, out)
+                runs.append(c.cpu)
+            cpu[edge] += min(runs)
         n_frames += len(boxes[v])
-    return 1000 * cpu / n_frames if n_frames else None
+    if not n_frames:
+        return None
+    return {
+        "ms_per_frame_entropy_floor": 1000 * cpu["bottom"] / n_frames,
+        "ms_per_frame_entropy_above_face": 1000 * cpu["top"] / n_frames,
+    }
 
 
 def bench_faces(face_video: Path, empty_video: Path | None) -> dict[str, Any]:
@@ -500,19 +509,24 @@ def bench_pipeline_overhead(
 
 
 def _with_floor(overhead: dict[str, Any], tracking: dict[str, Any]) -> dict[str, Any]:
-    """`overhead` (bench_pipeline_overhead) with two ratios that place it, both the same
+    """`overhead` (bench_pipeline_overhead) with the ratios that place it, each the same
     inference plus one cost per frame that bench_tracking measured on the same files:
     `ratio_tracking`, plus decoding, tracking and cropping as the pipeline does them
     (`tracking["ms_per_frame_parts"]`: all but normalising, the head, the beats and storing);
-    and `ratio_floor_entropy`, the lowest ratio any pipeline could reach, plus only the
-    entropy decoding that `tracking["ms_per_frame_entropy_floor"]` measured (MJPEG; not added
-    for other files)."""
+    `ratio_floor_entropy`, the lowest ratio any pipeline could reach, plus only the entropy
+    decoding that `tracking["ms_per_frame_entropy_floor"]` measured (MJPEG; not added for
+    other files); and `ratio_floor_face_rows`, plus only the entropy decoding of the face's
+    own rows (the floor less `ms_per_frame_entropy_above_face`): the least even a decoder
+    that skipped the rows above the face unread could reach."""
     frames = overhead["video_s"] * 30  # the bench's archives are 30 fps
     inference = overhead["inference_cpu_s"]
     out = dict(overhead)
+    floor = tracking.get("ms_per_frame_entropy_floor")
+    above = tracking.get("ms_per_frame_entropy_above_face")
     for key, ms in (
         ("ratio_tracking", tracking.get("ms_per_frame_parts")),
-        ("ratio_floor_entropy", tracking.get("ms_per_frame_entropy_floor")),
+        ("ratio_floor_entropy", floor),
+        ("ratio_floor_face_rows", None if floor is None or above is None else floor - above),
     ):
         if ms is not None:
             out[key] = (inference + ms * frames / 1000) / inference

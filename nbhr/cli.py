@@ -1631,12 +1631,13 @@ def bench(
 
 def _placed(overhead: dict[str, Any]) -> str:
     """What decoding, tracking and cropping alone would make of the pipeline's ratio, and the
-    entropy floor's, where the bench measured them (nbhr.bench._with_floor)."""
+    entropy floors', where the bench measured them (nbhr.bench._with_floor)."""
     parts = [
         f"{label} {overhead[key]:.2f}x"
         for key, label in (
             ("ratio_tracking", "decode+track+crop alone"),
             ("ratio_floor_entropy", "entropy floor"),
+            ("ratio_floor_face_rows", "the face's rows alone"),
         )
         if key in overhead
     ]
