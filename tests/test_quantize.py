@@ -4,6 +4,7 @@ it writes belongs to its model, runs on real face crops, and stays close to the 
 from __future__ import annotations
 
 import shutil
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,23 @@ def test_quantize_command_and_precision_option(
     out = nbhr("quantize", model, bad, check=False)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert f"Error: {bad}: not a video" in out.stderr
+
+
+def test_calibration_reads_a_video_only_as_far_as_it_needs(face_videos: list[Path]) -> None:
+    """A video is read only until it has given max_frames frames, and one block of its crops
+    is held at a time: a long recording costs no more memory than a short one, and the frames
+    are those the whole video gives first."""
+    whole = calibration_frames(face_videos[:1], max_frames=10_000, stride=1)
+    tracemalloc.start()
+    try:
+        few = calibration_frames(face_videos[:1], max_frames=30, stride=1)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(few.frames, whole.frames[:30])
+    # Read whole, the 16-s video's 480 crops are 24 MB and their normalised frames 94 MB.
+    print(f"peak {peak / 1e6:.1f} MB")
+    assert peak < 60e6
 
 
 def test_calibration_reads_only_the_seconds_asked(face_videos: list[Path]) -> None:

@@ -32,6 +32,7 @@ equalise a ReLU student (both in the `train` extra).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -70,6 +71,51 @@ class Calibration:
     sources: tuple[str, ...]
 
 
+class _Enough(Exception):
+    """A video has given calibration_frames every frame it can use."""
+
+
+class _Blocks:
+    """calibration_frames' work on one video, a crop at a time (extract_trace's on_crop, in
+    frame order, None where there is no face): the crops resampled to 30 fps by timestamp
+    (worker.crops.resample_indices of the `n_in` frames read), cut into 60-frame blocks from
+    the first, each block with a face in every frame normalised on its own (as
+    normalise_blocks normalises it), and every `stride`-th of those blocks' frames kept,
+    counted over all of them. Holds one block of crops (2.9 MB) and what it keeps; raises
+    _Enough once it keeps `limit` frames, so that the rest of the video is not read."""
+
+    def __init__(self, n_in: int, fps: float, stride: int, limit: int) -> None:
+        from worker.crops import resample_indices
+
+        self._pick = resample_indices(n_in, fps)
+        self._stride = stride
+        self._limit = limit
+        self._want = 0  # the next 30-fps slot to fill
+        self._index = 0  # of the next crop
+        self._block: list[np.ndarray | None] = []
+        self._good = 0  # frames in the face-only blocks so far
+        self.kept: list[np.ndarray] = []
+
+    def append(self, crop: np.ndarray | None) -> None:
+        while self._want < len(self._pick) and self._pick[self._want] == self._index:
+            self._block.append(crop)
+            self._want += 1
+            if len(self._block) == 60:
+                self._close()
+        self._index += 1
+        if len(self.kept) >= self._limit:
+            raise _Enough
+
+    def _close(self) -> None:
+        block, self._block = self._block, []
+        if any(crop is None for crop in block):
+            return
+        first = -self._good % self._stride  # the block's first frame at a multiple of stride
+        # A copy of the frames kept, so that the block's other frames are freed.
+        self.kept.extend(normalise_blocks(np.stack(block))[first :: self._stride].copy())
+        self._good += len(block)
+
+
 def calibration_frames(
     videos: Sequence[Path],
     roi: str = "face",
@@ -79,31 +125,29 @@ def calibration_frames(
 ) -> Calibration:
     """Face crops of `videos` through the workers' path: every `stride`-th 30-fps frame of the
     60-frame blocks with a face in every frame, normalised block by block as workers do, up to
-    `max_frames` frames spread over the videos in turn. seconds: read only each video's first
-    `seconds` (None: all of it; every crop of a video is held until it is normalised, 49 KB a
-    frame, 5 GB for an hour at 30 fps). ValueError when a video cannot be read or none has a
-    face."""
-    from worker.crops import resample_indices
+    `max_frames` frames spread over the videos in turn (each video's earliest first). A video
+    is read only until it has given `max_frames` frames (no more of it could be used), and only
+    one block of its crops is held at a time, so a long recording costs no more memory than a
+    short one. seconds: read only each video's first `seconds` (None: as far as needed).
+    ValueError when a video cannot be read or none has a face."""
     from worker.process import extract_trace
     from worker.video import VideoError, probe
 
-    per_video: list[np.ndarray] = []
+    per_video: list[list[np.ndarray]] = []
     sources: list[str] = []
     for path in videos:
-        crops: list[np.ndarray | None] = []
         try:
             info = probe(path)
             stop = info.n_frames
             if seconds is not None:
                 stop = min(stop, math.ceil(seconds * info.fps))
-            extract_trace(path, 0, stop, roi, info.fps, on_crop=crops.append, colour=False)
+            blocks = _Blocks(stop, info.fps, stride, max_frames)
+            with contextlib.suppress(_Enough):  # the video gave all it can
+                extract_trace(path, 0, stop, roi, info.fps, on_crop=blocks.append, colour=False)
         except VideoError as exc:
             raise ValueError(f"{path}: {exc}") from None
-        frames = [crops[i] for i in resample_indices(len(crops), info.fps)]
-        blocks = [frames[b : b + 60] for b in range(0, len(frames) - 59, 60)]
-        good = [np.stack(b) for b in blocks if all(f is not None for f in b)]
-        if good:
-            per_video.append(normalise_blocks(np.concatenate(good))[::stride])
+        if blocks.kept:
+            per_video.append(blocks.kept)
             sources.append(str(path))
     if not per_video:
         raise ValueError("no calibration video has a 2-s stretch with a face in every frame")
