@@ -513,11 +513,12 @@ def _with_floor(overhead: dict[str, Any], tracking: dict[str, Any]) -> dict[str,
     inference plus one cost per frame that bench_tracking measured on the same files:
     `ratio_tracking`, plus decoding, tracking and cropping as the pipeline does them
     (`tracking["ms_per_frame_parts"]`: all but normalising, the head, the beats and storing);
-    `ratio_floor_entropy`, the lowest ratio any pipeline could reach, plus only the entropy
-    decoding that `tracking["ms_per_frame_entropy_floor"]` measured (MJPEG; not added for
-    other files); and `ratio_floor_face_rows`, plus only the entropy decoding of the face's
-    own rows (the floor less `ms_per_frame_entropy_above_face`): the least even a decoder
-    that skipped the rows above the face unread could reach."""
+    `ratio_floor_entropy`, the lowest ratio any pipeline reading these files with
+    libjpeg-turbo could reach, plus only the entropy decoding that
+    `tracking["ms_per_frame_entropy_floor"]` measured (MJPEG; not added for other files); and
+    `ratio_floor_face_rows`, plus only the entropy decoding of the face's own rows (the floor
+    less `ms_per_frame_entropy_above_face`): the least it could reach even skipping the rows
+    above the face unread."""
     frames = overhead["video_s"] * 30  # the bench's archives are 30 fps
     inference = overhead["inference_cpu_s"]
     out = dict(overhead)
