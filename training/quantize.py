@@ -78,7 +78,9 @@ class _Enough(Exception):
 class _Blocks:
     """calibration_frames' work on one video, a crop at a time (extract_trace's on_crop, in
     frame order, None where there is no face): the crops resampled to 30 fps by timestamp
-    (worker.crops.resample_indices of the `n_in` frames read), cut into 60-frame blocks from
+    (worker.crops.resample_indices of the `n_in` frames asked for; a file that ends sooner
+    can lose the last 30-fps slot it has, which resampling what was read would repeat from
+    its last frame), cut into 60-frame blocks from
     the first, each block with a face in every frame normalised on its own (as
     normalise_blocks normalises it), and every `stride`-th of those blocks' frames kept,
     counted over all of them. Holds one block of crops (2.9 MB) and what it keeps; raises
