@@ -45,7 +45,7 @@ from model.nbhrnet import (
     companion_paths,
     file_sha256,
     int8_encoder_path,
-    normalise_blocks,
+    normalise_window,
     relu_encoder_path,
 )
 
@@ -77,45 +77,34 @@ class _Enough(Exception):
 
 class _Blocks:
     """calibration_frames' work on one video, a crop at a time (extract_trace's on_crop, in
-    frame order, None where there is no face): the crops resampled to 30 fps by timestamp
-    (worker.crops.resample_indices of the `n_in` frames asked for; a file that ends sooner
-    can lose the last 30-fps slot it has, which resampling what was read would repeat from
-    its last frame), cut into 60-frame blocks from
-    the first, each block with a face in every frame normalised on its own (as
-    normalise_blocks normalises it), and every `stride`-th of those blocks' frames kept,
-    counted over all of them. Holds one block of crops (2.9 MB) and what it keeps; raises
-    _Enough once it keeps `limit` frames, so that the rest of the video is not read."""
+    frame order, None where there is no face): the crops cut into 60-frame blocks at 30 fps
+    from the first (worker.crops.WindowCutter; it resamples by the `n_in` frames asked for, so
+    a file that ends sooner can lose the last 30-fps slot it has, which resampling what was
+    read would repeat from its last frame), each block with a face in every frame normalised
+    on its own (as normalise_blocks normalises it), and every `stride`-th of those blocks'
+    frames kept, counted over all of them. Holds one block of crops (2.9 MB) and what it
+    keeps; raises _Enough once it keeps `limit` frames, so that the rest of the video is not
+    read."""
 
     def __init__(self, n_in: int, fps: float, stride: int, limit: int) -> None:
-        from worker.crops import resample_indices
+        from worker.crops import WindowCutter
 
-        self._pick = resample_indices(n_in, fps)
+        self._cutter = WindowCutter(fps, n_in)
         self._stride = stride
         self._limit = limit
-        self._want = 0  # the next 30-fps slot to fill
-        self._index = 0  # of the next crop
-        self._block: list[np.ndarray | None] = []
         self._good = 0  # frames in the face-only blocks so far
         self.kept: list[np.ndarray] = []
 
     def append(self, crop: np.ndarray | None) -> None:
-        while self._want < len(self._pick) and self._pick[self._want] == self._index:
-            self._block.append(crop)
-            self._want += 1
-            if len(self._block) == 60:
-                self._close()
-        self._index += 1
+        for _, block in self._cutter.push(crop):
+            if block is None:  # a frame without a face
+                continue
+            first = -self._good % self._stride  # the block's first frame at a multiple of stride
+            # A copy of the frames kept, so that the block's other frames are freed.
+            self.kept.extend(normalise_window(block)[first :: self._stride].copy())
+            self._good += len(block)
         if len(self.kept) >= self._limit:
             raise _Enough
-
-    def _close(self) -> None:
-        block, self._block = self._block, []
-        if any(crop is None for crop in block):
-            return
-        first = -self._good % self._stride  # the block's first frame at a multiple of stride
-        # A copy of the frames kept, so that the block's other frames are freed.
-        self.kept.extend(normalise_blocks(np.stack(block))[first :: self._stride].copy())
-        self._good += len(block)
 
 
 def calibration_frames(

@@ -66,6 +66,39 @@ def resample_indices(n_in: int, fps_in: float, fps_out: float = MODEL_FPS) -> np
     return np.minimum(np.rint(t_out * fps_in).astype(int), n_in - 1)
 
 
+class WindowCutter:
+    """windows_of's work a crop at a time, for a caller that is handed the crops (a callback
+    such as worker.process.extract_trace's on_crop) instead of iterating over them.
+
+    fps_in, n_in, hop: as windows_of. push(crop), for each of the n_in crops in frame order,
+    returns the windows that crop completes (none, one, or more where a slot repeats it), as
+    windows_of yields them; it holds one window's crops, never the whole video.
+    """
+
+    def __init__(self, fps_in: float, n_in: int, hop: int = WINDOW_FRAMES) -> None:
+        if not 0 < hop <= WINDOW_FRAMES:
+            raise ValueError(f"hop must be 1..{WINDOW_FRAMES} output frames, got {hop}")
+        self._pick = resample_indices(n_in, fps_in)
+        self._hop = hop
+        self._buf: list[np.ndarray | None] = []
+        self._k = 0  # the next window's number
+        self._want = 0  # next output sample to fill
+        self._index = 0  # of the next crop
+
+    def push(self, crop: np.ndarray | None) -> list[tuple[int, np.ndarray | None]]:
+        out = []
+        while self._want < len(self._pick) and self._pick[self._want] == self._index:
+            self._buf.append(crop)
+            self._want += 1
+            if len(self._buf) == WINDOW_FRAMES:
+                usable = all(c is not None for c in self._buf)
+                out.append((self._k, np.stack(self._buf) if usable else None))
+                self._k += 1
+                self._buf = self._buf[self._hop :]
+        self._index += 1
+        return out
+
+
 def windows_of(
     crops: Iterable[np.ndarray | None], fps_in: float, n_in: int, hop: int = WINDOW_FRAMES
 ) -> Iterator[tuple[int, np.ndarray | None]]:
@@ -76,18 +109,6 @@ def windows_of(
     (WINDOW_FRAMES, 128, 128, 3), or None when any of its frames has no face.
     Only full windows are yielded; memory holds one window, never the whole video.
     """
-    if not 0 < hop <= WINDOW_FRAMES:
-        raise ValueError(f"hop must be 1..{WINDOW_FRAMES} output frames, got {hop}")
-    pick = resample_indices(n_in, fps_in)
-    buf: list[np.ndarray | None] = []
-    k = 0
-    want = 0  # next output sample to fill
-    for i, crop in enumerate(crops):
-        while want < len(pick) and pick[want] == i:
-            buf.append(crop)
-            want += 1
-            if len(buf) == WINDOW_FRAMES:
-                usable = all(c is not None for c in buf)
-                yield k, np.stack(buf) if usable else None
-                k += 1
-                buf = buf[hop:]
+    cutter = WindowCutter(fps_in, n_in, hop)
+    for crop in crops:
+        yield from cutter.push(crop)
